@@ -1,0 +1,43 @@
+"""fifoq: a PostgreSQL-resident FIFO execution queue with per-action concurrency limits."""
+
+from __future__ import annotations
+
+from .errors import (
+    ExecutionAbandoned,
+    ExecutionCancelled,
+    ExecutorGone,
+    FifoqError,
+    InvalidInput,
+    InvalidPolicy,
+    InvalidTransition,
+    PolicyRejected,
+    QueueFull,
+    QueueTimeout,
+    UnknownExecution,
+)
+from .manager import QueueManager
+from .migrations import migrate, rollback
+from .models import Execution, Policy, QueueStats, Status
+
+__all__ = [
+    "Execution",
+    "ExecutionAbandoned",
+    "ExecutionCancelled",
+    "ExecutorGone",
+    "FifoqError",
+    "InvalidInput",
+    "InvalidPolicy",
+    "InvalidTransition",
+    "Policy",
+    "PolicyRejected",
+    "QueueFull",
+    "QueueManager",
+    "QueueStats",
+    "QueueTimeout",
+    "Status",
+    "UnknownExecution",
+    "migrate",
+    "rollback",
+]
+
+__version__ = "0.1.0"

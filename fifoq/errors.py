@@ -1,0 +1,128 @@
+"""Exceptions raised by fifoq: one base class, one subclass per failure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import psycopg
+
+__all__ = [
+    "ExecutionAbandoned",
+    "ExecutionCancelled",
+    "ExecutorGone",
+    "FifoqError",
+    "InvalidInput",
+    "InvalidPolicy",
+    "InvalidTransition",
+    "PolicyRejected",
+    "QueueFull",
+    "QueueTimeout",
+    "UnknownExecution",
+    "wrap_database_errors",
+]
+
+
+class FifoqError(Exception):
+    """A fifoq operation failed."""
+
+    __module__ = "fifoq"
+
+    def __init__(self, message: str | None = None) -> None:
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class QueueFull(FifoqError):
+    """The queue already holds max_queue_length waiting executions."""
+
+    __module__ = "fifoq"
+
+
+class QueueTimeout(FifoqError):
+    """The execution did not start before its timeout."""
+
+    __module__ = "fifoq"
+
+
+class ExecutionCancelled(FifoqError):
+    """The execution was cancelled."""
+
+    __module__ = "fifoq"
+
+
+class ExecutionAbandoned(FifoqError):
+    """The execution was abandoned: its executor died or closed."""
+
+    __module__ = "fifoq"
+
+
+class PolicyRejected(FifoqError):
+    """The policy says reject, and the execution could not start at once."""
+
+    __module__ = "fifoq"
+
+
+class UnknownExecution(FifoqError):
+    """There is no execution with that id."""
+
+    __module__ = "fifoq"
+
+
+class InvalidTransition(FifoqError):
+    """The execution is not in a status that allows this operation."""
+
+    __module__ = "fifoq"
+
+
+class ExecutorGone(FifoqError):
+    """This executor was reaped (its lease ran out) or closed."""
+
+    __module__ = "fifoq"
+
+
+class InvalidPolicy(FifoqError, ValueError):
+    """A policy value is out of range."""
+
+    __module__ = "fifoq"
+
+
+class InvalidInput(FifoqError, ValueError):
+    """An action name, group name, payload or result is not acceptable."""
+
+    __module__ = "fifoq"
+
+
+# SQLSTATEs raised by the SQL functions (sql/0002_protocol.sql).
+_BY_SQLSTATE: dict[str, type[FifoqError]] = {
+    "FQ400": InvalidPolicy,
+    "FQ403": PolicyRejected,
+    "FQ404": UnknownExecution,
+    "FQ409": InvalidTransition,
+    "FQ410": ExecutorGone,
+    "FQ422": InvalidInput,
+    "FQ429": QueueFull,
+}
+
+
+def error_from_database(exc: psycopg.Error) -> FifoqError | None:
+    """The fifoq error a database error stands for, or None if it is not one of ours."""
+    sqlstate = exc.sqlstate or ""
+    cls = _BY_SQLSTATE.get(sqlstate)
+    if cls is not None:
+        return cls(exc.diag.message_primary or str(exc))
+    if sqlstate in ("22P02", "22P05", "22021", "54000", "54001"):
+        # invalid JSON text, untranslatable character, bad encoding, too deep
+        return InvalidInput(exc.diag.message_primary or str(exc))
+    return None
+
+
+@contextmanager
+def wrap_database_errors() -> Iterator[None]:
+    """Re-raise the database errors of fifoq's SQL functions as fifoq errors, cause kept."""
+    try:
+        yield
+    except psycopg.Error as exc:
+        mapped = error_from_database(exc)
+        if mapped is None:
+            raise
+        raise mapped from exc

@@ -1,0 +1,210 @@
+"""The dedicated LISTEN connection of one executor: notifications, heartbeat, reconnects.
+
+Waiters never depend on NOTIFY alone. Every heartbeat (a few times a second)
+also returns the watched executions that are no longer queued, and after a
+reconnect the first heartbeat re-checks all of them, so a lost notification
+costs at most one heartbeat interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
+
+from .errors import ExecutorGone, wrap_database_errors
+from .models import Status
+from .queries import query
+
+__all__ = ["WORK_CHANNEL", "Listener", "executor_channel"]
+
+logger = logging.getLogger("fifoq.listener")
+
+WORK_CHANNEL = "fifoq_work"
+
+StatusCallback = Callable[[int, Status, datetime | None], None]
+
+
+def executor_channel(executor_id: int) -> str:
+    """The NOTIFY channel on which an executor hears about its executions."""
+    return f"fifoq_executor_{executor_id}"
+
+
+def parse_status_payload(payload: str) -> tuple[int, Status, datetime | None]:
+    """Decode ``'<id> <status> <epoch>'`` as sent by ``fifoq.notify_owner``."""
+    parts = payload.split(" ")
+    at = datetime.fromtimestamp(float(parts[2]), tz=UTC) if len(parts) > 2 else None
+    return int(parts[0]), Status(parts[1]), at
+
+
+class Listener:
+    """Keeps one LISTEN connection alive for an executor and reports what it hears.
+
+    ``on_status`` receives status changes of this executor's executions, from
+    notifications and from the heartbeat poll; ``on_work`` receives action
+    names of admitted executions nobody owns (only after ``listen_for_work``);
+    ``on_gone`` is called when the database says this executor was reaped.
+    """
+
+    def __init__(
+        self,
+        conninfo: str,
+        connect_kwargs: dict[str, Any],
+        *,
+        executor_id: int,
+        heartbeat_interval: float,
+        heartbeat_timeout: float,
+        watched: Callable[[], Iterable[int]],
+        on_status: StatusCallback,
+        on_gone: Callable[[], Awaitable[None]],
+    ) -> None:
+        self._conninfo = conninfo
+        self._connect_kwargs = {**connect_kwargs, "autocommit": True}
+        self.executor_id = executor_id
+        self._interval = heartbeat_interval
+        self._timeout = heartbeat_timeout
+        self._watched = watched
+        self._on_status = on_status
+        self._on_gone = on_gone
+        self._work_callbacks: list[Callable[[str], None]] = []
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._gone = False
+        self._bound_id: int | None = None
+        self._listening_work = False
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    async def start(self) -> None:
+        """Connect (raising if the database is unreachable) and start listening."""
+        self._conn = await self._connect()
+        self._task = asyncio.create_task(self._run(), name=f"fifoq-listener-{self.executor_id}")
+
+    async def stop(self) -> None:
+        """Stop listening and close the connection."""
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._close()
+
+    def listen_for_work(self, callback: Callable[[str], None]) -> None:
+        """Also hear about admitted executions nobody owns (workers); takes effect within a heartbeat."""
+        self._work_callbacks.append(callback)
+
+    def rebind(self, executor_id: int) -> None:
+        """Serve another executor id (after this one was reaped); reconnects to re-LISTEN."""
+        self.executor_id = executor_id
+
+    @property
+    def backend_pid(self) -> int | None:
+        """Server process id of the listener connection (for tests and diagnostics)."""
+        return self._conn.info.backend_pid if self._conn is not None else None
+
+    async def _connect(self) -> psycopg.AsyncConnection[Any]:
+        conn = await psycopg.AsyncConnection.connect(self._conninfo, **self._connect_kwargs)
+        try:
+            # Let the server notice a dead peer on TCP within seconds, not hours.
+            await conn.execute(
+                "SELECT set_config('tcp_keepalives_idle', '5', false),"
+                " set_config('tcp_keepalives_interval', '1', false),"
+                " set_config('tcp_keepalives_count', '3', false)"
+            )
+            with wrap_database_errors():
+                await conn.execute(query("attach_executor"), {"executor": self.executor_id})
+            await conn.execute(
+                sql.SQL("LISTEN {}").format(sql.Identifier(executor_channel(self.executor_id)))
+            )
+            self._bound_id = self.executor_id
+            self._listening_work = False
+        except BaseException:
+            await conn.close()
+            raise
+        self.connected.set()
+        return conn
+
+    async def _close(self) -> None:
+        self.connected.clear()
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):
+                await conn.close()
+
+    async def _run(self) -> None:
+        while not self._stopping:
+            try:
+                if self._gone:
+                    await self._on_gone()  # the manager registers a new id and rebinds us
+                    self._gone = False
+                if self._conn is None or self._bound_id != self.executor_id:
+                    await self._close()
+                    self._conn = await self._reconnect()
+                await self._serve(self._conn)
+            except ExecutorGone:
+                logger.warning("executor %s was reaped; its executions are abandoned", self.executor_id)
+                self._gone = True
+                await self._close()
+            except (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError) as exc:
+                logger.warning("listener connection lost (%s); reconnecting", type(exc).__name__)
+                await self._close()
+                await asyncio.sleep(0.05)  # back off a little before the next attempt
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("listener failed; reconnecting")
+                await self._close()
+                await asyncio.sleep(0.05)
+
+    async def _reconnect(self) -> psycopg.AsyncConnection[Any]:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type((psycopg.OperationalError, OSError)),
+            wait=wait_exponential(multiplier=0.02, max=0.5),
+            reraise=True,
+        ):
+            with attempt:
+                conn = await self._connect()
+        self.reconnects += 1
+        logger.info("listener reconnected for executor %s", self.executor_id)
+        return conn
+
+    async def _serve(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        # First thing after (re)connecting: the heartbeat re-checks every
+        # watched execution, so what happened while we were away is seen.
+        while not self._stopping and self._bound_id == self.executor_id:
+            await self._heartbeat(conn)
+            if self._work_callbacks and not self._listening_work:
+                await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(WORK_CHANNEL)))
+                self._listening_work = True
+            async for notify in conn.notifies(timeout=self._interval):
+                self._dispatch(notify)
+
+    async def _heartbeat(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        async with asyncio.timeout(self._timeout):
+            with wrap_database_errors():
+                cur = await conn.execute(
+                    query("heartbeat"),
+                    {"executor": self.executor_id, "watching": list(self._watched())},
+                )
+                rows = await cur.fetchall()
+        for execution_id, status in rows:
+            self._on_status(execution_id, Status(status), None)
+
+    def _dispatch(self, notify: psycopg.Notify) -> None:
+        try:
+            if notify.channel == WORK_CHANNEL:
+                for callback in self._work_callbacks:
+                    callback(notify.payload)
+            else:
+                execution_id, status, at = parse_status_payload(notify.payload)
+                self._on_status(execution_id, status, at)
+        except Exception:
+            logger.exception("could not handle notification %r", notify)

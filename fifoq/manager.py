@@ -1,0 +1,573 @@
+"""QueueManager: the asyncio API of fifoq, one connected executor."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import itertools
+import logging
+import os
+import socket
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import (
+    ExecutionAbandoned,
+    ExecutionCancelled,
+    FifoqError,
+    InvalidInput,
+    InvalidTransition,
+    QueueTimeout,
+    UnknownExecution,
+    wrap_database_errors,
+)
+from .listener import Listener
+from .models import Execution, Policy, QueueStats, Status
+from .queries import query
+from .validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    check_action,
+    check_group,
+    check_policy,
+    to_json,
+)
+
+__all__ = ["QueueManager"]
+
+logger = logging.getLogger("fifoq")
+
+StatusCallback = Callable[[Status, datetime | None], None]
+
+_counter = itertools.count(1)
+_EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
+
+
+class QueueManager:
+    """One connected executor: enqueue, wait, complete, cancel and inspect executions.
+
+    Create it with :meth:`connect`. It holds a connection pool for operations
+    (one statement, one round trip each) and one dedicated connection that
+    LISTENs for its executions, heartbeats its lease and re-checks what it
+    waits on, so a lost notification only delays a waiter.
+    """
+
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        *,
+        own_pool: bool,
+        name: str | None = None,
+        lease: float = 5.0,
+        poll_interval: float = 0.5,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+    ) -> None:
+        if not lease > 0:
+            raise ValueError(f"lease must be positive, got {lease!r}")
+        if not 0 < poll_interval <= lease / 2:
+            raise ValueError(f"poll_interval must be positive and at most lease / 2, got {poll_interval!r}")
+        self._pool = pool
+        self._own_pool = own_pool
+        self.name = name or f"{socket.gethostname()}:{os.getpid()}:{next(_counter)}"
+        self.lease = lease
+        self.poll_interval = poll_interval
+        self.max_payload_bytes = max_payload_bytes
+        self.executor_id: int = 0
+        self._listener: Listener | None = None
+        self._maintenance: asyncio.Task[None] | None = None
+        self._callbacks: dict[int, list[StatusCallback]] = {}
+        self._early: OrderedDict[int, tuple[Status, datetime | None]] = OrderedDict()
+        self._closed = True
+
+    # -- lifecycle ---------------------------------------------------------
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(
+        cls,
+        conninfo: str = "",
+        *,
+        pool: AsyncConnectionPool[Any] | None = None,
+        name: str | None = None,
+        lease: float = 5.0,
+        poll_interval: float = 0.5,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        min_size: int = 1,
+        max_size: int = 10,
+    ) -> AsyncIterator[QueueManager]:
+        """Connect an executor; the connection pool and executor are closed on exit.
+
+        An empty ``conninfo`` uses the libpq ``PG*`` environment variables. With
+        ``pool`` the given psycopg-pool ``AsyncConnectionPool`` is used (and not
+        closed); its conninfo also serves the LISTEN connection.
+        """
+        own_pool = pool is None
+        if pool is None:
+            pool = AsyncConnectionPool(
+                conninfo,
+                min_size=min_size,
+                max_size=max_size,
+                kwargs={"autocommit": True},
+                open=False,
+                name=f"fifoq-{name or 'pool'}",
+            )
+        qm = cls(
+            pool,
+            own_pool=own_pool,
+            name=name,
+            lease=lease,
+            poll_interval=poll_interval,
+            max_payload_bytes=max_payload_bytes,
+        )
+        await qm.open()
+        try:
+            yield qm
+        finally:
+            await qm.close()
+
+    async def open(self) -> None:
+        """Open the pool, register this executor and start its listener."""
+        if self._own_pool:
+            await self._pool.open(wait=True)
+        try:
+            self.executor_id = await self._register()
+            kwargs = {k: v for k, v in (self._pool.kwargs or {}).items() if k != "autocommit"}
+            self._listener = Listener(
+                self._pool.conninfo,
+                kwargs,
+                executor_id=self.executor_id,
+                heartbeat_interval=self.poll_interval,
+                heartbeat_timeout=max(self.lease / 2, self.poll_interval),
+                watched=self._callbacks.keys,
+                on_status=self._on_status,
+                on_gone=self._on_gone,
+            )
+            await self._listener.start()
+        except BaseException:
+            if self._own_pool:
+                await self._pool.close()
+            raise
+        self._closed = False
+        self._maintenance = asyncio.create_task(self._maintain_forever(), name="fifoq-maintenance")
+        logger.info("executor %s (%s) connected", self.executor_id, self.name)
+
+    async def close(self) -> None:
+        """Stop listening, end this executor (what it still owns becomes abandoned), close the pool."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._maintenance
+        if self._listener is not None:
+            await self._listener.stop()
+        try:
+            await self._fetchone(query("unregister_executor"), {"executor": self.executor_id})
+        except (psycopg.Error, FifoqError) as exc:
+            logger.warning("could not unregister executor %s: %s", self.executor_id, exc)
+        for execution_id in list(self._callbacks):
+            self._on_status(execution_id, Status.ABANDONED, None)
+        if self._own_pool:
+            await self._pool.close()
+        logger.info("executor %s (%s) closed", self.executor_id, self.name)
+
+    @property
+    def listener_backend_pid(self) -> int | None:
+        """Server pid of the LISTEN connection (to inspect it in pg_stat_activity)."""
+        return self._listener.backend_pid if self._listener is not None else None
+
+    # -- executions --------------------------------------------------------
+
+    async def enqueue(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        group: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> Execution:
+        """Add an execution to the queue of its action (and group).
+
+        Returns it ``queued``, or ``active`` if it was admitted at once. Raises
+        ``QueueFull`` or ``PolicyRejected``, storing nothing. With ``conn`` (an
+        open connection inside a transaction) the enqueue joins that
+        transaction; it holds the queue's lock until that transaction ends, so
+        keep it short.
+        """
+        return await self._enqueue(action, payload, group=group, owner=None, conn=conn)
+
+    async def enqueue_and_wait(
+        self,
+        action: str,
+        payload: Any = None,
+        *,
+        group: str | None = None,
+        timeout: float | None = None,
+    ) -> Execution:
+        """Enqueue an execution owned by this executor and wait until it is active."""
+        self._check_open()
+        execution = await self._enqueue(action, payload, group=group, owner=self.executor_id)
+        if execution.status is Status.ACTIVE:
+            return execution
+        return await self._wait(execution, timeout)
+
+    async def wait_started(self, execution_id: int, *, timeout: float | None = None) -> Execution:
+        """Wait until the execution is active; this executor becomes its owner.
+
+        Raises ``QueueTimeout`` after ``timeout`` seconds (the execution is then
+        marked ``timed_out`` unless it started meanwhile), ``ExecutionCancelled``
+        or ``ExecutionAbandoned``.
+        """
+        self._check_open()
+        # A notification that arrives between this call and the subscription
+        # in _wait is kept in self._early, so it cannot be missed.
+        row = await self._fetchone(
+            query("watch"), {"id": execution_id, "executor": self.executor_id}
+        )
+        return await self._wait(Execution.from_row(row), timeout)
+
+    async def complete(
+        self, execution_id: int, *, result: Any = None, error: str | None = None
+    ) -> Execution:
+        """Finish an active execution: ``succeeded``, or ``failed`` when ``error`` is given.
+
+        Frees its slot and admits the next in line in the same transaction.
+        Raises ``InvalidTransition`` unless it is active, ``UnknownExecution``.
+        """
+        result_json = to_json(result, what="result", limit=self.max_payload_bytes)
+        if error is not None and not isinstance(error, str):
+            raise InvalidInput(f"error must be a string, got {type(error).__name__}")
+        if error is not None and "\x00" in error:
+            raise InvalidInput("error contains a NUL character, which PostgreSQL cannot store")
+        row = await self._fetchone(
+            query("complete"), {"id": execution_id, "result": result_json, "error": error}
+        )
+        return Execution.from_row(row)
+
+    async def cancel(self, execution_id: int) -> bool:
+        """Cancel a queued or active execution; False if it had already finished.
+
+        A waiter on it raises ``ExecutionCancelled`` at once; an active one's
+        slot goes to the next in line.
+        """
+        row = await self._fetchone(query("cancel"), {"id": execution_id})
+        return bool(row["cancelled"])
+
+    async def get(self, execution_id: int) -> Execution:
+        """The execution with this id; ``UnknownExecution`` if there is none."""
+        row = await self._fetchone(query("get"), {"id": execution_id}, missing_ok=True)
+        if row is None:
+            raise UnknownExecution(f"unknown execution {execution_id}")
+        return Execution.from_row(row)
+
+    async def claim(self, actions: Sequence[str] | None, limit: int) -> list[Execution]:
+        """Take up to ``limit`` admitted executions nobody owns (worker use), in seq order."""
+        self._check_open()
+        rows = await self._fetchall(
+            query("claim"),
+            {"executor": self.executor_id, "actions": list(actions) if actions else None, "limit": limit},
+        )
+        return [Execution.from_row(r) for r in rows]
+
+    def watch_status(self, execution_id: int, callback: StatusCallback) -> Callable[[], None]:
+        """Call ``callback(status, at)`` on status changes of an owned execution; returns an unsubscribe function."""
+        self._callbacks.setdefault(execution_id, []).append(callback)
+        early = self._early.pop(execution_id, None)
+        if early is not None:
+            callback(*early)
+
+        def unsubscribe() -> None:
+            callbacks = self._callbacks.get(execution_id)
+            if callbacks and callback in callbacks:
+                callbacks.remove(callback)
+                if not callbacks:
+                    del self._callbacks[execution_id]
+
+        return unsubscribe
+
+    def listen_for_work(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(action)`` whenever an execution nobody owns is admitted (workers)."""
+        assert self._listener is not None
+        self._listener.listen_for_work(callback)
+
+    # -- policies ----------------------------------------------------------
+
+    async def set_policy(
+        self,
+        action: str,
+        *,
+        max_concurrent: int,
+        max_queue_length: int = 10_000,
+        queue_timeout: float | None = 3600.0,
+        on_limit: str = "enqueue",
+        group_by: Sequence[str] = (),
+    ) -> Policy:
+        """Set the policy of an action, of a pack (``"pack.*"``) or the default (``"*"``).
+
+        Raises ``InvalidPolicy`` (a ``ValueError``) on bad values. A raised
+        limit admits waiting executions at once.
+        """
+        name, limit, length, timeout, mode, keys = check_policy(
+            action,
+            max_concurrent=max_concurrent,
+            max_queue_length=max_queue_length,
+            queue_timeout=queue_timeout,
+            on_limit=on_limit,
+            group_by=group_by,
+        )
+        row = await self._fetchone(
+            query("set_policy"),
+            {
+                "action": name,
+                "max_concurrent": limit,
+                "max_queue_length": length,
+                "queue_timeout": timeout,
+                "on_limit": mode,
+                "group_by": keys,
+            },
+        )
+        return Policy.from_row(row)
+
+    async def set_default_policy(
+        self,
+        *,
+        max_concurrent: int,
+        max_queue_length: int = 10_000,
+        queue_timeout: float | None = 3600.0,
+        on_limit: str = "enqueue",
+        group_by: Sequence[str] = (),
+    ) -> Policy:
+        """Set the policy of every action that has neither its own nor its pack's."""
+        return await self.set_policy(
+            "*",
+            max_concurrent=max_concurrent,
+            max_queue_length=max_queue_length,
+            queue_timeout=queue_timeout,
+            on_limit=on_limit,
+            group_by=group_by,
+        )
+
+    async def get_policy(self, action: str) -> Policy:
+        """The policy in force for an action: its own, its pack's, the default, or unlimited."""
+        check_action(action)
+        row = await self._fetchone(query("get_policy"), {"action": action}, missing_ok=True)
+        return Policy.from_row(row) if row else Policy.unlimited()
+
+    async def list_policies(self) -> list[Policy]:
+        """Every policy set, ordered by action."""
+        return [Policy.from_row(r) for r in await self._fetchall(query("list_policies"), {})]
+
+    # -- statistics --------------------------------------------------------
+
+    async def stats(self, action: str, *, group: str | None = None) -> QueueStats:
+        """Live statistics of one queue (zeros for a queue never used)."""
+        check_action(action)
+        group_key = check_group(group) or ""
+        row = await self._fetchone(
+            query("stats_live"), {"action": action, "group": group_key}, missing_ok=True
+        )
+        if row is not None:
+            return QueueStats.from_row(row)
+        policy = await self.get_policy(action)
+        return QueueStats(
+            action=action,
+            group=group_key or None,
+            queue_length=0,
+            active_count=0,
+            max_concurrent=policy.max_concurrent,
+            oldest_enqueued_at=None,
+            total_enqueued=0,
+            total_completed=0,
+            total_failed=0,
+            total_cancelled=0,
+            total_timed_out=0,
+            last_updated=datetime.now().astimezone(),
+        )
+
+    async def live_stats(self) -> list[QueueStats]:
+        """Live statistics of every queue."""
+        return [QueueStats.from_row(r) for r in await self._fetchall(query("stats_live_all"), {})]
+
+    async def refresh_stats(self) -> None:
+        """Refresh the materialized view ``fifoq.queue_stats`` (concurrently)."""
+        await self._fetchone(query("refresh_stats"), {})
+
+    async def snapshot_stats(self) -> list[QueueStats]:
+        """The rows of ``fifoq.queue_stats`` as of its last refresh, one per queue."""
+        return [QueueStats.from_row(r) for r in await self._fetchall(query("snapshot_stats"), {})]
+
+    # -- internals ---------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise FifoqError("this QueueManager is closed")
+
+    async def _enqueue(
+        self,
+        action: str,
+        payload: Any,
+        *,
+        group: str | None,
+        owner: int | None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> Execution:
+        check_action(action)
+        params = {
+            "action": action,
+            "payload": to_json(payload, what="payload", limit=self.max_payload_bytes),
+            "group": check_group(group),
+            "owner": owner,
+        }
+        # An admission notification that arrives before _wait subscribes is
+        # kept in self._early and handed over on subscription.
+        row = await self._fetchone(query("enqueue"), params, conn=conn)
+        return dataclasses.replace(Execution.from_row(row), payload=payload)
+
+    async def _wait(self, execution: Execution, timeout: float | None) -> Execution:
+        status = execution.status
+        if status is Status.ACTIVE:
+            return execution
+        if status is not Status.QUEUED:
+            raise self._not_started(execution, status)
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[tuple[Status, datetime | None]] = loop.create_future()
+
+        def on_change(new_status: Status, at: datetime | None) -> None:
+            if new_status is not Status.QUEUED and not future.done():
+                future.set_result((new_status, at))
+
+        unsubscribe = self.watch_status(execution.id, on_change)
+        try:
+            try:
+                async with asyncio.timeout(timeout):
+                    new_status, at = await future
+            except TimeoutError:
+                # Give up in the database too, unless it started meanwhile.
+                row = await self._fetchone(query("time_out"), {"id": execution.id})
+                latest = Execution.from_row(row)
+                if latest.status is Status.ACTIVE:
+                    return dataclasses.replace(latest, payload=execution.payload)
+                if latest.status is Status.TIMED_OUT:
+                    raise QueueTimeout(
+                        f"execution {execution.id} of action {execution.action!r} did not start "
+                        f"within {timeout} s"
+                    ) from None
+                raise self._not_started(latest, latest.status) from None
+        finally:
+            unsubscribe()
+        if new_status is Status.ACTIVE:
+            if at is None:  # learned from the poll: read the start time
+                return dataclasses.replace(await self.get(execution.id), payload=execution.payload)
+            return dataclasses.replace(
+                execution, status=Status.ACTIVE, started_at=at, owner=self.executor_id
+            )
+        raise self._not_started(execution, new_status)
+
+    @staticmethod
+    def _not_started(execution: Execution, status: Status) -> FifoqError:
+        where = f"execution {execution.id} of action {execution.action!r}"
+        if status is Status.CANCELLED:
+            return ExecutionCancelled(f"{where} was cancelled")
+        if status is Status.TIMED_OUT:
+            return QueueTimeout(f"{where} timed out waiting in its queue")
+        if status is Status.ABANDONED:
+            return ExecutionAbandoned(f"{where} was abandoned: its executor is gone")
+        return InvalidTransition(f"{where} already finished: it is {status}")
+
+    def _on_status(self, execution_id: int, status: Status, at: datetime | None) -> None:
+        callbacks = self._callbacks.get(execution_id)
+        if not callbacks:
+            if status is not Status.QUEUED:
+                self._early[execution_id] = (status, at)
+                while len(self._early) > _EARLY_LIMIT:
+                    self._early.popitem(last=False)
+            return
+        for callback in list(callbacks):
+            try:
+                callback(status, at)
+            except Exception:
+                logger.exception("status callback for execution %s failed", execution_id)
+
+    async def _on_gone(self) -> None:
+        # Our lease ran out and the others reaped us: everything we owned is
+        # abandoned (its slots were given away). Tell the waiters, then carry
+        # on as a new executor.
+        for execution_id in list(self._callbacks):
+            self._on_status(execution_id, Status.ABANDONED, None)
+        self.executor_id = await self._register()
+        assert self._listener is not None
+        self._listener.rebind(self.executor_id)
+        logger.warning("continuing as executor %s", self.executor_id)
+
+    async def _register(self) -> int:
+        row = await self._fetchone(
+            query("register_executor"),
+            {"name": self.name, "hostname": socket.gethostname(), "pid": os.getpid(), "lease": self.lease},
+        )
+        return int(row["id"])
+
+    async def _maintain_forever(self) -> None:
+        # Timeouts, reaping and repairs happen in the database; every executor
+        # offers to run the pass and one at a time does (fifoq.maintain).
+        while True:
+            await asyncio.sleep(self.poll_interval)
+            try:
+                await self._fetchone(query("maintain"), {})
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                logger.debug("maintenance pass failed: %s", exc)
+
+    async def _fetchone(
+        self,
+        sql_text: LiteralString,
+        params: dict[str, Any],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        missing_ok: bool = False,
+    ) -> dict[str, Any]:
+        rows = await self._execute(sql_text, params, conn=conn)
+        if not rows:
+            if missing_ok:
+                return None  # type: ignore[return-value]
+            raise FifoqError("the database returned no row")
+        return rows[0]
+
+    async def _fetchall(self, sql_text: LiteralString, params: dict[str, Any]) -> list[dict[str, Any]]:
+        return await self._execute(sql_text, params)
+
+    async def _execute(
+        self,
+        sql_text: LiteralString,
+        params: dict[str, Any],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[dict[str, Any]]:
+        with wrap_database_errors():
+            if conn is not None:
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(sql_text, params)
+                    return await cur.fetchall()
+            for attempt in itertools.count():
+                pooled: psycopg.AsyncConnection[Any] | None = None
+                try:
+                    async with self._pool.connection() as pooled:
+                        async with pooled.cursor(row_factory=dict_row) as cur:
+                            await cur.execute(sql_text, params)
+                            return await cur.fetchall()
+                except psycopg.OperationalError:
+                    # A pooled connection that died while idle (server restart,
+                    # pg_terminate_backend) fails before running anything: try
+                    # once more on a fresh one. The pool discards the broken one.
+                    if attempt >= 1 or pooled is None or not pooled.broken:
+                        raise
+                    logger.info("pooled connection was broken; retrying on a new one")
+        raise AssertionError("unreachable")

@@ -1,0 +1,125 @@
+"""Schema migrations: yoyo applies the SQL files of the top-level ``sql/`` folder."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+from yoyo import read_migrations  # type: ignore[import-untyped]
+from yoyo.backends.core.postgresql import (  # type: ignore[import-untyped]
+    PostgresqlPsycopgBackend,
+)
+
+__all__ = ["migrate", "migrations_dir", "pending_sql", "rollback"]
+
+SCHEMA = "fifoq"
+# yoyo's bookkeeping tables live in the fifoq schema too, so that
+# "everything in schema fifoq" holds and a rollback leaves nothing behind.
+_MIGRATION_TABLE = "_yoyo_migration"
+# Serialises concurrent `fifoq migrate` runs (two workers starting at once).
+_MIGRATE_LOCK = (1718183540, 0)
+
+
+def migrations_dir() -> Path:
+    """Folder of the migration files: shipped in the wheel, or ``sql/`` of a checkout."""
+    shipped = Path(__file__).resolve().parent / "_migrations"
+    if shipped.is_dir():
+        return shipped
+    return Path(__file__).resolve().parent.parent / "sql"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """What yoyo keeps as the backend's "URI": our conninfo (picklable, has ``database``)."""
+
+    conninfo: str
+    database: str = ""
+
+
+class _ConninfoBackend(PostgresqlPsycopgBackend):  # type: ignore[misc]
+    """yoyo's psycopg 3 backend, connecting with a libpq conninfo instead of a yoyo URI."""
+
+    def connect(self, dburi: Any) -> psycopg.Connection[Any]:
+        self.schema = SCHEMA
+        return psycopg.connect(dburi.conninfo, autocommit=True)
+
+
+def _backend(conninfo: str) -> Any:
+    backend = _ConninfoBackend(_Target(conninfo), _MIGRATION_TABLE)
+    backend.init_database()
+    return backend
+
+
+def _prepare_schema(conninfo: str) -> None:
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+        conn.execute(
+            sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+                sql.Identifier(SCHEMA),
+                sql.Literal("fifoq: FIFO execution queues with per-action concurrency limits"),
+            )
+        )
+
+
+def migrate(conninfo: str = "") -> None:
+    """Apply every pending migration (idempotent). Empty conninfo uses the PG* variables."""
+    _prepare_schema(conninfo)
+    with psycopg.connect(conninfo, autocommit=True) as guard:
+        guard.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATE_LOCK)
+        backend = _backend(conninfo)
+        try:
+            migrations = read_migrations(str(migrations_dir()))
+            with backend.lock():
+                backend.apply_migrations(backend.to_apply(migrations))
+        finally:
+            backend.connection.close()
+
+
+def rollback(conninfo: str = "") -> None:
+    """Revert every applied migration and drop the (then empty) fifoq schema."""
+    with psycopg.connect(conninfo, autocommit=True) as guard:
+        exists = guard.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)
+        ).fetchone()
+        if not exists:
+            return
+        guard.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATE_LOCK)
+        backend = _backend(conninfo)
+        try:
+            migrations = read_migrations(str(migrations_dir()))
+            with backend.lock():
+                backend.rollback_migrations(backend.to_rollback(migrations))
+        finally:
+            backend.connection.close()
+        guard.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+
+
+def pending_sql(conninfo: str = "", *, rollback: bool = False) -> str:
+    """The SQL that ``migrate`` (or ``rollback``) would run, without running it."""
+    files: list[Path] = []
+    applied: set[str] = set()
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        has_table = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{_MIGRATION_TABLE}",)
+        ).fetchone()
+        if has_table and has_table[0]:
+            rows = conn.execute(
+                sql.SQL("SELECT migration_id FROM {}.{}").format(
+                    sql.Identifier(SCHEMA), sql.Identifier(_MIGRATION_TABLE)
+                )
+            ).fetchall()
+            applied = {r[0] for r in rows}
+    all_files = sorted(
+        p for p in migrations_dir().glob("*.sql") if not p.name.endswith(".rollback.sql")
+    )
+    if rollback:
+        files = [
+            p.with_name(p.stem + ".rollback.sql") for p in reversed(all_files) if p.stem in applied
+        ]
+    else:
+        files = [p for p in all_files if p.stem not in applied]
+    parts = [f"-- {p.name}\n{p.read_text(encoding='utf-8')}" for p in files]
+    return "\n".join(parts)

@@ -1,0 +1,83 @@
+-- The SQL that fifoq's Python code runs, one query per `-- name:` block.
+-- State changes are calls of the functions in sql/0002_protocol.sql, so each
+-- API operation is one statement and one round trip. Payloads and results
+-- arrive as JSON text (already validated and size-checked in Python) and are
+-- cast to jsonb here.
+
+-- name: enqueue
+-- Enqueue; the payload is left out of the answer: the caller already has it.
+SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.enqueue(%(action)s, %(payload)s::jsonb, %(group)s, %(owner)s);
+
+-- name: watch
+-- Become the owner of an execution one is about to wait on.
+SELECT id, action, "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.watch(%(id)s, %(executor)s);
+
+-- name: complete
+SELECT id, action, "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.complete(%(id)s, %(result)s::jsonb, %(error)s);
+
+-- name: cancel
+SELECT fifoq.cancel(%(id)s) AS cancelled;
+
+-- name: time_out
+SELECT id, action, "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.time_out(%(id)s);
+
+-- name: get
+-- Primary-key lookup joined to the (small) queues table.
+SELECT id, action, "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.execution_details
+WHERE id = %(id)s;
+
+-- name: claim
+-- A worker takes admitted executions that nobody owns yet.
+SELECT id, action, "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.claim(%(executor)s, %(actions)s, %(limit)s);
+
+-- name: set_policy
+SELECT * FROM fifoq.set_policy(%(action)s, %(max_concurrent)s, %(max_queue_length)s,
+                               %(queue_timeout)s, %(on_limit)s, %(group_by)s);
+
+-- name: get_policy
+-- NULL action means no policy applies: the action is unlimited.
+SELECT * FROM fifoq.policy_for(%(action)s) WHERE action IS NOT NULL;
+
+-- name: list_policies
+SELECT * FROM fifoq.policies ORDER BY action;
+
+-- name: stats_live
+SELECT * FROM fifoq.queue_stats_live
+WHERE action = %(action)s AND "group" = %(group)s;
+
+-- name: stats_live_all
+SELECT * FROM fifoq.queue_stats_live ORDER BY action, "group";
+
+-- name: refresh_stats
+SELECT fifoq.refresh_stats();
+
+-- name: snapshot_stats
+SELECT * FROM fifoq.queue_stats ORDER BY action, "group";
+
+-- name: register_executor
+SELECT fifoq.register_executor(%(name)s, %(hostname)s, %(pid)s, %(lease)s) AS id;
+
+-- name: attach_executor
+-- Run on the listener connection: its session then holds the executor's lock.
+SELECT fifoq.attach_executor(%(executor)s);
+
+-- name: heartbeat
+SELECT execution_id, status FROM fifoq.heartbeat(%(executor)s, %(watching)s);
+
+-- name: unregister_executor
+SELECT fifoq.unregister_executor(%(executor)s) AS abandoned;
+
+-- name: maintain
+SELECT fifoq.maintain() AS summary;

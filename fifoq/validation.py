@@ -1,0 +1,133 @@
+"""Checks of user input made before anything reaches the database.
+
+The SQL functions check names and policies again, so SQL callers get the same
+rules; these checks give Python callers clear messages and keep oversized or
+non-JSON values off the wire.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+from .errors import InvalidInput, InvalidPolicy
+
+__all__ = [
+    "DEFAULT_MAX_PAYLOAD_BYTES",
+    "check_action",
+    "check_group",
+    "check_policy",
+    "to_json",
+]
+
+DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
+MAX_NAME_LENGTH = 255
+_INT4_MAX = 2**31 - 1
+
+
+def _name_problem(name: object) -> str | None:
+    if not isinstance(name, str):
+        return f"must be a string, got {type(name).__name__}"
+    if not 1 <= len(name) <= MAX_NAME_LENGTH:
+        return f"must be 1-{MAX_NAME_LENGTH} characters, got {len(name)}"
+    if not name.isprintable():
+        return "must contain only printable characters (no control characters)"
+    return None
+
+
+def check_action(action: object) -> str:
+    """Return the action name, or raise InvalidInput saying what is wrong with it."""
+    problem = _name_problem(action)
+    if problem:
+        raise InvalidInput(f"invalid action name {action!r}: {problem}")
+    return action  # type: ignore[return-value]
+
+
+def check_group(group: object) -> str | None:
+    """Return the group name (None for the default group), or raise InvalidInput."""
+    if group is None or group == "":
+        return None
+    problem = _name_problem(group)
+    if problem:
+        raise InvalidInput(f"invalid group name {group!r}: {problem}")
+    return group  # type: ignore[return-value]
+
+
+def to_json(value: Any, *, what: str, limit: int) -> str | None:
+    """Serialise a payload or result to JSON text, enforcing the size limit."""
+    if value is None:
+        return None
+    try:
+        text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
+    if "\\u0000" in text:
+        raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    size = len(text.encode("utf-8"))
+    if size > limit:
+        raise InvalidInput(f"{what} is {size} bytes of JSON, over the limit of {limit} bytes")
+    return text
+
+
+def _check_int(action: str, field: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidPolicy(
+            f"invalid policy for action {action!r}: {field} must be an integer, got {value!r}"
+        )
+    if not minimum <= value <= _INT4_MAX:
+        raise InvalidPolicy(
+            f"invalid policy for action {action!r}: {field} must be between "
+            f"{minimum} and {_INT4_MAX}, got {value}"
+        )
+    return value
+
+
+def check_policy(
+    action: object,
+    *,
+    max_concurrent: object,
+    max_queue_length: object,
+    queue_timeout: object,
+    on_limit: object,
+    group_by: object,
+) -> tuple[str, int, int, float | None, str, list[str]]:
+    """Validate policy values; raise InvalidPolicy naming the first bad one."""
+    problem = _name_problem(action)
+    if problem:
+        raise InvalidPolicy(f"invalid policy: action name {action!r} {problem}")
+    name: str = action  # type: ignore[assignment]
+    limit = _check_int(name, "max_concurrent", max_concurrent, 1)
+    length = _check_int(name, "max_queue_length", max_queue_length, 0)
+    timeout: float | None = None
+    if queue_timeout is not None:
+        if isinstance(queue_timeout, bool) or not isinstance(queue_timeout, int | float):
+            raise InvalidPolicy(
+                f"invalid policy for action {name!r}: queue_timeout must be a number of "
+                f"seconds, got {queue_timeout!r}"
+            )
+        timeout = float(queue_timeout)
+        if not (math.isfinite(timeout) and timeout > 0):
+            raise InvalidPolicy(
+                f"invalid policy for action {name!r}: queue_timeout must be a positive "
+                f"number of seconds, got {queue_timeout!r}"
+            )
+    if on_limit not in ("enqueue", "reject"):
+        raise InvalidPolicy(
+            f"invalid policy for action {name!r}: on_limit must be 'enqueue' or 'reject', "
+            f"got {on_limit!r}"
+        )
+    if isinstance(group_by, str) or not isinstance(group_by, list | tuple):
+        raise InvalidPolicy(
+            f"invalid policy for action {name!r}: group_by must be a sequence of payload "
+            f"keys, got {group_by!r}"
+        )
+    keys: list[str] = []
+    for key in group_by:
+        key_problem = _name_problem(key)
+        if key_problem:
+            raise InvalidPolicy(
+                f"invalid policy for action {name!r}: group_by key {key!r} {key_problem}"
+            )
+        keys.append(key)
+    return name, limit, length, timeout, str(on_limit), keys

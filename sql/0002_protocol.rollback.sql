@@ -1,0 +1,23 @@
+-- Drops what 0002_protocol.sql created.
+DROP FUNCTION fifoq.set_policy(text, integer, integer, double precision, text, text[]);
+DROP FUNCTION fifoq.maintain();
+DROP FUNCTION fifoq.unregister_executor(bigint);
+DROP FUNCTION fifoq.abandon_owned(bigint);
+DROP FUNCTION fifoq.heartbeat(bigint, bigint[]);
+DROP FUNCTION fifoq.attach_executor(bigint);
+DROP FUNCTION fifoq.register_executor(text, text, integer, double precision);
+DROP FUNCTION fifoq.claim(bigint, text[], integer);
+DROP FUNCTION fifoq.watch(bigint, bigint);
+DROP FUNCTION fifoq.time_out(bigint);
+DROP FUNCTION fifoq.cancel(bigint);
+DROP FUNCTION fifoq.complete(bigint, jsonb, text);
+DROP FUNCTION fifoq.lock_execution(bigint);
+DROP FUNCTION fifoq.enqueue(text, jsonb, text, bigint);
+DROP FUNCTION fifoq.ensure_queue(text, text);
+DROP FUNCTION fifoq.admit(integer);
+DROP FUNCTION fifoq.notify_owner(bigint, bigint, fifoq.execution_status, timestamptz);
+DROP FUNCTION fifoq.group_key(text[], jsonb);
+DROP FUNCTION fifoq.policy_for(text);
+DROP FUNCTION fifoq.try_lock_queue(integer);
+DROP FUNCTION fifoq.lock_queue(integer);
+DROP VIEW fifoq.execution_details;
