@@ -20,4 +20,5 @@ DROP FUNCTION fifoq.group_key(text[], jsonb);
 DROP FUNCTION fifoq.policy_for(text);
 DROP FUNCTION fifoq.try_lock_queue(integer);
 DROP FUNCTION fifoq.lock_queue(integer);
+DROP FUNCTION fifoq.details(fifoq.executions, text, text);
 DROP VIEW fifoq.execution_details;

@@ -28,6 +28,18 @@ JOIN fifoq.queues q ON q.id = e.queue_id;
 COMMENT ON VIEW fifoq.execution_details IS
     'Executions with their action and group names: the row every fifoq function returns.';
 
+CREATE FUNCTION fifoq.details(e fifoq.executions, action text, "group" text)
+RETURNS fifoq.execution_details
+LANGUAGE sql IMMUTABLE
+AS $$
+    -- Builds the fifoq.execution_details row of an execution whose action and
+    -- group the caller already knows, sparing a second lookup. Inlined.
+    SELECT ROW(e.id, action, "group", e.seq, e.status, e.payload, e.result, e.error, e.enqueued_at,
+               e.started_at, e.finished_at, e.owner, e.queue_id, e.deadline)::fifoq.execution_details
+$$;
+COMMENT ON FUNCTION fifoq.details(fifoq.executions, text, text) IS
+    'The fifoq.execution_details row of an execution, given its action and group.';
+
 -- Lock keys. Advisory locks use the two-integer form with a fixed first key,
 -- so they never collide with an application's own single-bigint advisory locks.
 CREATE FUNCTION fifoq.lock_queue(queue_id integer) RETURNS void
@@ -43,30 +55,42 @@ AS $$ SELECT pg_try_advisory_xact_lock(1718183537, queue_id) $$;
 COMMENT ON FUNCTION fifoq.try_lock_queue(integer) IS
     'Like fifoq.lock_queue but returns false instead of waiting.';
 
-CREATE FUNCTION fifoq.policy_for(action text) RETURNS fifoq.policies
-LANGUAGE sql STABLE
+-- plpgsql rather than SQL: PostgreSQL re-plans a non-inlined SQL function on
+-- every call, while plpgsql caches the plan. This runs on every enqueue.
+CREATE FUNCTION fifoq.policy_for(p_action text) RETURNS fifoq.policies
+LANGUAGE plpgsql STABLE
 AS $$
+DECLARE
+    v_policy fifoq.policies;
+BEGIN
     -- One primary-key index scan with three keys: the action itself, its
     -- pack pattern (text before the first dot, plus '.*') and the default.
-    SELECT p.*
+    SELECT p.* INTO v_policy
     FROM fifoq.policies p
-    WHERE p.action IN ($1, split_part($1, '.', 1) || '.*', '*')
-    ORDER BY CASE p.action WHEN $1 THEN 0 WHEN '*' THEN 2 ELSE 1 END
-    LIMIT 1
+    WHERE p.action IN (p_action, split_part(p_action, '.', 1) || '.*', '*')
+    ORDER BY CASE p.action WHEN p_action THEN 0 WHEN '*' THEN 2 ELSE 1 END
+    LIMIT 1;
+    RETURN v_policy;
+END
 $$;
 COMMENT ON FUNCTION fifoq.policy_for(text) IS
     'The policy in force for an action: its own, else its pack''s (''pack.*''), else the default (''*''); '
     'NULL fields when none is set, meaning unlimited.';
 
 CREATE FUNCTION fifoq.group_key(group_by text[], payload jsonb) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
 AS $$
+BEGIN
     -- Values of the group_by keys, in order, joined by ','. A missing key or
     -- a non-object payload contributes an empty string.
-    SELECT coalesce(string_agg(
-               coalesce(CASE WHEN jsonb_typeof(payload) = 'object' THEN payload ->> k END, ''),
-               ',' ORDER BY ord), '')
-    FROM unnest(group_by) WITH ORDINALITY AS g(k, ord)
+    IF cardinality(group_by) = 0 THEN
+        RETURN '';
+    END IF;
+    RETURN (SELECT string_agg(
+                       coalesce(CASE WHEN jsonb_typeof(payload) = 'object' THEN payload ->> k END, ''),
+                       ',' ORDER BY ord)
+            FROM unnest(group_by) WITH ORDINALITY AS g(k, ord));
+END
 $$;
 COMMENT ON FUNCTION fifoq.group_key(text[], jsonb) IS
     'Group of an execution from its policy''s group_by keys and its payload.';
@@ -74,15 +98,18 @@ COMMENT ON FUNCTION fifoq.group_key(text[], jsonb) IS
 CREATE FUNCTION fifoq.notify_owner(owner bigint, execution_id bigint, status fifoq.execution_status,
                                    at timestamptz DEFAULT clock_timestamp())
 RETURNS void
-LANGUAGE sql VOLATILE
+LANGUAGE plpgsql VOLATILE
 AS $$
+BEGIN
     -- Each executor LISTENs on its own channel, so a notification wakes only
     -- the process that waits. Delivered at commit, like the change itself.
     -- The payload carries the transition time so the waiter needs no second
     -- round trip to learn started_at.
-    SELECT pg_notify('fifoq_executor_' || owner,
-                     execution_id || ' ' || status || ' ' || extract(epoch FROM at))
-    WHERE owner IS NOT NULL
+    IF owner IS NOT NULL THEN
+        PERFORM pg_notify('fifoq_executor_' || owner,
+                          execution_id || ' ' || status || ' ' || extract(epoch FROM at));
+    END IF;
+END
 $$;
 COMMENT ON FUNCTION fifoq.notify_owner(bigint, bigint, fifoq.execution_status, timestamptz) IS
     'Tells the owning executor of a status change: channel fifoq_executor_<id>, '
@@ -211,21 +238,25 @@ CREATE FUNCTION fifoq.enqueue(
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_policy fifoq.policies;
-    v_group  text;
-    v_queue  fifoq.queues;
-    v_wait   boolean;
-    v_seq    bigint;
-    v_id     bigint;
-    v_where  text;
-    v_result fifoq.execution_details;
+    v_policy   fifoq.policies;
+    v_group    text;
+    v_queue_id integer;
+    v_queued   integer;
+    v_active   integer;
+    v_seq      bigint;
+    v_wait     boolean;
+    v_where    text;
+    v_row      fifoq.executions;
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
             MESSAGE = format('invalid action name %L: must be 1-255 characters without control characters', p_action);
     END IF;
     v_policy := fifoq.policy_for(p_action);
-    v_group := coalesce(nullif(p_group, ''), fifoq.group_key(coalesce(v_policy.group_by, '{}'), p_payload), '');
+    v_group := coalesce(p_group, '');
+    IF v_group = '' AND cardinality(v_policy.group_by) > 0 THEN
+        v_group := fifoq.group_key(v_policy.group_by, p_payload);
+    END IF;
     IF v_group <> '' AND NOT fifoq.valid_name(v_group) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
             MESSAGE = format('invalid group name %L for action %L: must be 1-255 characters without control characters',
@@ -234,51 +265,56 @@ BEGIN
 
     -- The queue lock, held to commit: it orders seq with commit order (see
     -- fifoq.admit) and makes the counter checks below exact.
-    PERFORM fifoq.lock_queue(fifoq.ensure_queue(p_action, v_group));
-    SELECT * INTO v_queue FROM fifoq.queues WHERE action = p_action AND group_key = v_group;
+    v_queue_id := fifoq.ensure_queue(p_action, v_group);
+    PERFORM fifoq.lock_queue(v_queue_id);
 
-    -- A newcomer waits whenever anyone waits, even if a slot is free at this
-    -- instant: it never jumps ahead of the line.
-    v_wait := v_queue.queued_count > 0
-              OR coalesce(v_queue.active_count >= v_policy.max_concurrent, false);
-    v_where := CASE WHEN v_group = '' THEN '' ELSE format(' (group %L)', v_group) END;
-    IF v_wait AND v_policy.on_limit = 'reject' THEN
-        RAISE EXCEPTION USING ERRCODE = 'FQ403',
-            MESSAGE = format('action %L%s is at its limit: %s of %s active, %s waiting (on_limit=reject)',
-                             p_action, v_where, v_queue.active_count, v_policy.max_concurrent,
-                             v_queue.queued_count);
-    END IF;
-    IF v_wait AND v_queue.queued_count >= v_policy.max_queue_length THEN
-        RAISE EXCEPTION USING ERRCODE = 'FQ429',
-            MESSAGE = format('queue full for action %L%s: %s of %s waiting',
-                             p_action, v_where, v_queue.queued_count, v_policy.max_queue_length);
-    END IF;
-
+    -- Take a seq and count the newcomer in, in one statement. SET sees the
+    -- counters as they were: a newcomer waits whenever anyone waits, even if
+    -- a slot is free at this instant (it never jumps ahead of the line), or
+    -- when all slots are taken. If a check below refuses it, the RAISE
+    -- rolls this update back with everything else.
     UPDATE fifoq.queues
     SET last_seq = last_seq + 1,
         total_enqueued = total_enqueued + 1,
-        queued_count = queued_count + CASE WHEN v_wait THEN 1 ELSE 0 END,
-        active_count = active_count + CASE WHEN v_wait THEN 0 ELSE 1 END
-    WHERE id = v_queue.id
-    RETURNING last_seq INTO v_seq;
+        queued_count = queued_count
+            + CASE WHEN queued_count > 0 OR active_count >= v_policy.max_concurrent THEN 1 ELSE 0 END,
+        active_count = active_count
+            + CASE WHEN queued_count > 0 OR active_count >= v_policy.max_concurrent THEN 0 ELSE 1 END
+    WHERE id = v_queue_id
+    RETURNING last_seq, queued_count, active_count INTO v_seq, v_queued, v_active;
+    -- Admission needs an empty line, so a positive count means it waits.
+    v_wait := v_queued > 0;
 
-    -- Free slot and nobody waiting: the execution is admitted in the same
-    -- statement instead of a separate fifoq.admit call.
+    IF v_wait THEN
+        v_where := CASE WHEN v_group = '' THEN '' ELSE format(' (group %L)', v_group) END;
+        IF v_policy.on_limit = 'reject' THEN
+            RAISE EXCEPTION USING ERRCODE = 'FQ403',
+                MESSAGE = format('action %L%s is at its limit: %s of %s active, %s waiting (on_limit=reject)',
+                                 p_action, v_where, v_active, v_policy.max_concurrent, v_queued - 1);
+        END IF;
+        IF v_queued - 1 >= v_policy.max_queue_length THEN
+            RAISE EXCEPTION USING ERRCODE = 'FQ429',
+                MESSAGE = format('queue full for action %L%s: %s of %s waiting',
+                                 p_action, v_where, v_queued - 1, v_policy.max_queue_length);
+        END IF;
+    END IF;
+
+    -- Free slot and nobody waiting: the execution is admitted by this same
+    -- insert instead of a separate fifoq.admit call.
     INSERT INTO fifoq.executions (queue_id, seq, status, owner, enqueued_at, deadline, started_at, payload)
-    VALUES (v_queue.id, v_seq,
+    VALUES (v_queue_id, v_seq,
             CASE WHEN v_wait THEN 'queued' ELSE 'active' END::fifoq.execution_status,
             p_owner,
             clock_timestamp(),
             CASE WHEN v_wait THEN clock_timestamp() + v_policy.queue_timeout * interval '1 second' END,
             CASE WHEN v_wait THEN NULL ELSE clock_timestamp() END,
             p_payload)
-    RETURNING id INTO v_id;
+    RETURNING * INTO v_row;
     IF NOT v_wait AND p_owner IS NULL THEN
         PERFORM pg_notify('fifoq_work', p_action);
     END IF;
 
-    SELECT * INTO v_result FROM fifoq.execution_details WHERE id = v_id;
-    RETURN v_result;
+    RETURN fifoq.details(v_row, p_action, v_group);
 END
 $$;
 COMMENT ON FUNCTION fifoq.enqueue(text, jsonb, text, bigint) IS
@@ -314,29 +350,40 @@ RETURNS fifoq.execution_details
 LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
-    v_row    fifoq.executions;
-    v_status fifoq.execution_status := CASE WHEN p_error IS NULL THEN 'succeeded' ELSE 'failed' END;
-    v_result fifoq.execution_details;
+    v_queue_id integer;
+    v_row      fifoq.executions;
+    v_queue    fifoq.queues;
+    v_status   fifoq.execution_status := CASE WHEN p_error IS NULL THEN 'succeeded' ELSE 'failed' END;
 BEGIN
-    v_row := fifoq.lock_execution(p_id);
-    IF v_row.status <> 'active' THEN
-        RAISE EXCEPTION USING ERRCODE = 'FQ409',
-            MESSAGE = format('cannot complete execution %s: it is %s, not active', p_id, v_row.status);
+    SELECT queue_id INTO v_queue_id FROM fifoq.executions WHERE id = p_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ404', MESSAGE = format('unknown execution %s', p_id);
     END IF;
+    PERFORM fifoq.lock_queue(v_queue_id);
+    -- Only an active execution completes (checked under the lock), so a
+    -- second completion can never free a second slot.
     UPDATE fifoq.executions
     SET status = v_status, result = p_result, error = p_error, finished_at = clock_timestamp()
-    WHERE id = p_id;
+    WHERE id = p_id AND status = 'active'
+    RETURNING * INTO v_row;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ409',
+            MESSAGE = format('cannot complete execution %s: it is %s, not active', p_id,
+                             (SELECT status FROM fifoq.executions WHERE id = p_id));
+    END IF;
     UPDATE fifoq.queues
     SET active_count = active_count - 1,
         total_succeeded = total_succeeded + CASE WHEN p_error IS NULL THEN 1 ELSE 0 END,
         total_failed = total_failed + CASE WHEN p_error IS NULL THEN 0 ELSE 1 END
-    WHERE id = v_row.queue_id;
+    WHERE id = v_queue_id
+    RETURNING * INTO v_queue;
     -- The freed slot goes to the head in this same transaction: no extra
-    -- round trip, and no instant where the slot is free with someone waiting.
-    PERFORM fifoq.admit(v_row.queue_id);
-    PERFORM fifoq.notify_owner(v_row.owner, p_id, v_status);
-    SELECT * INTO v_result FROM fifoq.execution_details WHERE id = p_id;
-    RETURN v_result;
+    -- round trip, and no committed instant with a free slot and a waiter.
+    IF v_queue.queued_count > 0 THEN
+        PERFORM fifoq.admit(v_queue_id);
+    END IF;
+    PERFORM fifoq.notify_owner(v_row.owner, p_id, v_status, v_row.finished_at);
+    RETURN fifoq.details(v_row, v_queue.action, v_queue.group_key);
 END
 $$;
 COMMENT ON FUNCTION fifoq.complete(bigint, jsonb, text) IS
