@@ -98,7 +98,7 @@ class Listener:
         await self._close()
 
     def listen_for_work(self, callback: Callable[[str], None]) -> None:
-        """Also hear about admitted executions nobody owns (workers); takes effect within a heartbeat."""
+        """Also hear of admitted executions nobody owns (for workers), from the next heartbeat."""
         self._work_callbacks.append(callback)
 
     def rebind(self, executor_id: int) -> None:
@@ -150,7 +150,9 @@ class Listener:
                     self._conn = await self._reconnect()
                 await self._serve(self._conn)
             except ExecutorGone:
-                logger.warning("executor %s was reaped; its executions are abandoned", self.executor_id)
+                logger.warning(
+                    "executor %s was reaped; its executions are abandoned", self.executor_id
+                )
                 self._gone = True
                 await self._close()
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError) as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import inspect
 import itertools
 import logging
 import os
@@ -72,7 +73,9 @@ class QueueManager:
         if not lease > 0:
             raise ValueError(f"lease must be positive, got {lease!r}")
         if not 0 < poll_interval <= lease / 2:
-            raise ValueError(f"poll_interval must be positive and at most lease / 2, got {poll_interval!r}")
+            raise ValueError(
+                f"poll_interval must be positive and at most lease / 2, got {poll_interval!r}"
+            )
         self._pool = pool
         self._own_pool = own_pool
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{next(_counter)}"
@@ -138,9 +141,9 @@ class QueueManager:
             await self._pool.open(wait=True)
         try:
             self.executor_id = await self._register()
-            kwargs = {k: v for k, v in (self._pool.kwargs or {}).items() if k != "autocommit"}
+            conninfo, kwargs = await self._listener_params()
             self._listener = Listener(
-                self._pool.conninfo,
+                conninfo,
                 kwargs,
                 executor_id=self.executor_id,
                 heartbeat_interval=self.poll_interval,
@@ -158,8 +161,22 @@ class QueueManager:
         self._maintenance = asyncio.create_task(self._maintain_forever(), name="fifoq-maintenance")
         logger.info("executor %s (%s) connected", self.executor_id, self.name)
 
+    async def _listener_params(self) -> tuple[str, dict[str, Any]]:
+        # The LISTEN connection uses the pool's own connection parameters.
+        conninfo: Any = self._pool.conninfo
+        kwargs: Any = self._pool.kwargs
+        if callable(conninfo):
+            conninfo = conninfo()
+        if callable(kwargs):
+            kwargs = kwargs()
+        if inspect.isawaitable(conninfo):
+            conninfo = await conninfo
+        if inspect.isawaitable(kwargs):
+            kwargs = await kwargs
+        return str(conninfo), {k: v for k, v in (kwargs or {}).items() if k != "autocommit"}
+
     async def close(self) -> None:
-        """Stop listening, end this executor (what it still owns becomes abandoned), close the pool."""
+        """Stop listening, end this executor (what it still owns is abandoned), close the pool."""
         if self._closed:
             return
         self._closed = True
@@ -273,12 +290,16 @@ class QueueManager:
         self._check_open()
         rows = await self._fetchall(
             query("claim"),
-            {"executor": self.executor_id, "actions": list(actions) if actions else None, "limit": limit},
+            {
+                "executor": self.executor_id,
+                "actions": list(actions) if actions else None,
+                "limit": limit,
+            },
         )
         return [Execution.from_row(r) for r in rows]
 
     def watch_status(self, execution_id: int, callback: StatusCallback) -> Callable[[], None]:
-        """Call ``callback(status, at)`` on status changes of an owned execution; returns an unsubscribe function."""
+        """Call ``callback(status, at)`` when an owned execution changes; returns unsubscribe."""
         self._callbacks.setdefault(execution_id, []).append(callback)
         early = self._early.pop(execution_id, None)
         if early is not None:
@@ -510,7 +531,12 @@ class QueueManager:
     async def _register(self) -> int:
         row = await self._fetchone(
             query("register_executor"),
-            {"name": self.name, "hostname": socket.gethostname(), "pid": os.getpid(), "lease": self.lease},
+            {
+                "name": self.name,
+                "hostname": socket.gethostname(),
+                "pid": os.getpid(),
+                "lease": self.lease,
+            },
         )
         return int(row["id"])
 
@@ -541,7 +567,9 @@ class QueueManager:
             raise FifoqError("the database returned no row")
         return rows[0]
 
-    async def _fetchall(self, sql_text: LiteralString, params: dict[str, Any]) -> list[dict[str, Any]]:
+    async def _fetchall(
+        self, sql_text: LiteralString, params: dict[str, Any]
+    ) -> list[dict[str, Any]]:
         return await self._execute(sql_text, params)
 
     async def _execute(
@@ -559,10 +587,12 @@ class QueueManager:
             for attempt in itertools.count():
                 pooled: psycopg.AsyncConnection[Any] | None = None
                 try:
-                    async with self._pool.connection() as pooled:
-                        async with pooled.cursor(row_factory=dict_row) as cur:
-                            await cur.execute(sql_text, params)
-                            return await cur.fetchall()
+                    async with (
+                        self._pool.connection() as pooled,
+                        pooled.cursor(row_factory=dict_row) as cur,
+                    ):
+                        await cur.execute(sql_text, params)
+                        return await cur.fetchall()
                 except psycopg.OperationalError:
                     # A pooled connection that died while idle (server restart,
                     # pg_terminate_backend) fails before running anything: try

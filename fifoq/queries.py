@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from functools import cache
 from importlib.resources import files
-from typing import LiteralString, cast
+from typing import LiteralString
 
 __all__ = ["query"]
 
@@ -22,4 +22,4 @@ def _load() -> dict[str, str]:
 
 def query(name: str) -> LiteralString:
     """The text of the named query (a constant file, never user input)."""
-    return cast(LiteralString, _load()[name])
+    return _load()[name]  # text of a constant file, never user input
