@@ -470,6 +470,11 @@ class QueueManager:
             try:
                 async with asyncio.timeout(timeout):
                     new_status, at = await future
+            except asyncio.CancelledError:
+                # The caller gave up (task cancelled): do not leave an owned
+                # execution behind to take a slot nobody will use.
+                await asyncio.shield(self._cancel_quietly(execution.id))
+                raise
             except TimeoutError:
                 # Give up in the database too, unless it started meanwhile.
                 row = await self._fetchone(query("time_out"), {"id": execution.id})
@@ -491,6 +496,14 @@ class QueueManager:
                 execution, status=Status.ACTIVE, started_at=at, owner=self.executor_id
             )
         raise self._not_started(execution, new_status)
+
+    async def _cancel_quietly(self, execution_id: int) -> None:
+        try:
+            await self.cancel(execution_id)
+        except (psycopg.Error, FifoqError) as exc:
+            logger.warning(
+                "could not cancel execution %s after its waiter left: %s", execution_id, exc
+            )
 
     @staticmethod
     def _not_started(execution: Execution, status: Status) -> FifoqError:

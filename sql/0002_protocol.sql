@@ -526,15 +526,24 @@ COMMENT ON FUNCTION fifoq.register_executor(text, text, integer, double precisio
 CREATE FUNCTION fifoq.attach_executor(p_executor bigint) RETURNS void
 LANGUAGE plpgsql VOLATILE
 AS $$
+DECLARE
+    v_key integer := (p_executor % 2147483647)::integer;
 BEGIN
-    -- The executor's listener session holds this session-level lock for as
-    -- long as it is connected: pg_locks then shows which backend is which
-    -- executor, and two sessions can never both claim to be the same one.
-    PERFORM pg_advisory_lock(1718183538, (p_executor % 2147483647)::integer);
+    -- The executor's listener session holds this session-level lock while it
+    -- is connected, so pg_locks shows which backend is which executor. A
+    -- session that still holds it after the executor reconnected is a stale
+    -- one (a half-open connection the server has not noticed yet): end it
+    -- instead of waiting for it, so the reconnect never blocks.
+    IF NOT pg_try_advisory_lock(1718183538, v_key) THEN
+        PERFORM pg_terminate_backend(l.pid)
+        FROM pg_locks l
+        WHERE l.locktype = 'advisory' AND l.classid = 1718183538 AND l.objid = v_key::oid
+          AND l.objsubid = 2 AND l.granted AND l.pid <> pg_backend_pid();
+    END IF;
     UPDATE fifoq.executors SET heartbeat_at = clock_timestamp()
     WHERE id = p_executor AND ended_at IS NULL;
     IF NOT FOUND THEN
-        PERFORM pg_advisory_unlock(1718183538, (p_executor % 2147483647)::integer);
+        PERFORM pg_advisory_unlock(1718183538, v_key);
         RAISE EXCEPTION USING ERRCODE = 'FQ410',
             MESSAGE = format('executor %s is gone: it was reaped or closed', p_executor);
     END IF;
