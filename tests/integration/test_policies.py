@@ -1,0 +1,145 @@
+"""Policies: lookup order, groups, on_limit="reject" and limit changes."""
+
+from __future__ import annotations
+
+import pytest
+from helpers import assert_fifo_and_limit, counts, fetch_rows
+
+from fifoq import Policy, PolicyRejected, QueueManager, Status
+
+
+async def test_lookup_goes_action_then_pack_then_default_then_unlimited(qm: QueueManager) -> None:
+    assert await qm.get_policy("deploy.web") == Policy.unlimited()
+    assert (await qm.get_policy("deploy.web")).max_concurrent is None
+
+    await qm.set_default_policy(max_concurrent=7)
+    policy = await qm.get_policy("deploy.web")
+    assert (policy.action, policy.max_concurrent) == ("*", 7)
+
+    await qm.set_policy("deploy.*", max_concurrent=3)
+    policy = await qm.get_policy("deploy.web")
+    assert (policy.action, policy.max_concurrent) == ("deploy.*", 3)
+    # Another pack still gets the default; a name without a dot is its own pack.
+    assert (await qm.get_policy("backup.db")).action == "*"
+    assert (await qm.get_policy("deploy")).action == "deploy.*"
+
+    await qm.set_policy("deploy.web", max_concurrent=2, queue_timeout=None)
+    policy = await qm.get_policy("deploy.web")
+    assert policy == Policy("deploy.web", 2, 10_000, None, "enqueue", ())
+    assert (await qm.get_policy("deploy.db")).action == "deploy.*"
+    assert [p.action for p in await qm.list_policies()] == ["*", "deploy.*", "deploy.web"]
+
+
+async def test_limits_follow_the_policy_in_force(qm: QueueManager) -> None:
+    async def statuses(action: str, n: int) -> list[Status]:
+        return [(await qm.enqueue(action)).status for _ in range(n)]
+
+    assert await statuses("free.run", 20) == [Status.ACTIVE] * 20  # unlimited
+    await qm.set_default_policy(max_concurrent=1)
+    await qm.set_policy("pack.*", max_concurrent=3)
+    await qm.set_policy("pack.own", max_concurrent=2)
+    assert await statuses("other.run", 2) == [Status.ACTIVE, Status.QUEUED]
+    assert await statuses("pack.any", 4) == [Status.ACTIVE] * 3 + [Status.QUEUED]
+    assert await statuses("pack.own", 3) == [Status.ACTIVE] * 2 + [Status.QUEUED]
+
+
+async def test_group_by_applies_the_limit_per_group(qm: QueueManager, dsn: str) -> None:
+    await qm.set_policy("g.deploy", max_concurrent=1, group_by=("host",))
+    a1 = await qm.enqueue("g.deploy", {"host": "a"})
+    b1 = await qm.enqueue("g.deploy", {"host": "b"})
+    a2 = await qm.enqueue("g.deploy", {"host": "a"})
+    none1 = await qm.enqueue("g.deploy", {"other": 1})  # missing key: the default group
+    none2 = await qm.enqueue("g.deploy", None)
+    assert [(e.group, e.status) for e in (a1, b1, a2, none1, none2)] == [
+        ("a", Status.ACTIVE),
+        ("b", Status.ACTIVE),
+        ("a", Status.QUEUED),
+        (None, Status.ACTIVE),
+        (None, Status.QUEUED),
+    ]
+    stats_a = await qm.stats("g.deploy", group="a")
+    assert (stats_a.group, stats_a.active_count, stats_a.queue_length) == ("a", 1, 1)
+    stats_b = await qm.stats("g.deploy", group="b")
+    assert (stats_b.active_count, stats_b.queue_length) == (1, 0)
+
+    # Completing in group b admits nothing in group a; completing a1 admits a2.
+    await qm.complete(b1.id)
+    assert (await qm.get(a2.id)).status is Status.QUEUED
+    await qm.complete(a1.id)
+    assert (await qm.get(a2.id)).status is Status.ACTIVE
+    assert_fifo_and_limit(await fetch_rows(dsn, "g.deploy"), 1)
+
+
+async def test_group_by_several_keys_and_an_explicit_group(qm: QueueManager) -> None:
+    await qm.set_policy("g.multi", max_concurrent=1, group_by=("region", "host"))
+    first = await qm.enqueue("g.multi", {"host": "h1", "region": "eu"})
+    assert first.group == "eu,h1"
+    assert (await qm.enqueue("g.multi", {"region": "eu", "host": "h1"})).status is Status.QUEUED
+    # An explicit group wins over group_by.
+    explicit = await qm.enqueue("g.multi", {"host": "h1", "region": "eu"}, group="manual")
+    assert (explicit.group, explicit.status) == ("manual", Status.ACTIVE)
+
+
+async def test_explicit_groups_without_group_by_are_separate_queues(qm: QueueManager) -> None:
+    await qm.set_policy("g.plain", max_concurrent=1)
+    x1 = await qm.enqueue("g.plain", group="x")
+    y1 = await qm.enqueue("g.plain", group="y")
+    x2 = await qm.enqueue("g.plain", group="x")
+    default = await qm.enqueue("g.plain")
+    assert [e.status for e in (x1, y1, x2, default)] == [
+        Status.ACTIVE,
+        Status.ACTIVE,
+        Status.QUEUED,
+        Status.ACTIVE,
+    ]
+    assert (x1.seq, y1.seq, x2.seq, default.seq) == (1, 1, 2, 1)  # seq is per queue
+    groups = {s.group for s in await qm.live_stats()}
+    assert groups == {"x", "y", None}
+
+
+async def test_reject_refuses_what_cannot_start_at_once_and_stores_nothing(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("r.now", max_concurrent=2, on_limit="reject")
+    first = await qm.enqueue("r.now")
+    second = await qm.enqueue("r.now")
+    assert (first.status, second.status) == (Status.ACTIVE, Status.ACTIVE)
+    before = await counts(dsn)
+    with pytest.raises(PolicyRejected) as info:
+        await qm.enqueue("r.now", {"x": 1})
+    assert str(info.value) == (
+        "action 'r.now' is at its limit: 2 of 2 active, 0 waiting (on_limit=reject)"
+    )
+    with pytest.raises(PolicyRejected):
+        await qm.enqueue_and_wait("r.now")
+    assert await counts(dsn) == before
+    await qm.complete(first.id)
+    assert (await qm.enqueue("r.now")).status is Status.ACTIVE
+
+
+async def test_reject_is_per_group(qm: QueueManager) -> None:
+    await qm.set_policy("r.grouped", max_concurrent=1, on_limit="reject", group_by=("host",))
+    await qm.enqueue("r.grouped", {"host": "a"})
+    assert (await qm.enqueue("r.grouped", {"host": "b"})).status is Status.ACTIVE
+    with pytest.raises(PolicyRejected, match=r"group 'a'"):
+        await qm.enqueue("r.grouped", {"host": "a"})
+
+
+async def test_raising_the_limit_admits_waiters_at_once_and_lowering_admits_none(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("l.change", max_concurrent=1)
+    executions = [await qm.enqueue("l.change") for _ in range(6)]
+    await qm.set_policy("l.change", max_concurrent=3)
+    assert [(await qm.get(e.id)).status for e in executions] == [Status.ACTIVE] * 3 + [
+        Status.QUEUED
+    ] * 3
+    await qm.set_policy("l.change", max_concurrent=1)
+    await qm.complete(executions[0].id)
+    await qm.complete(executions[1].id)
+    # Two left the three slots, but the limit is now 1 and one is still active.
+    assert (await qm.get(executions[3].id)).status is Status.QUEUED
+    await qm.complete(executions[2].id)
+    assert (await qm.get(executions[3].id)).status is Status.ACTIVE
+    stats = await qm.stats("l.change")
+    assert (stats.active_count, stats.queue_length, stats.max_concurrent) == (1, 2, 1)

@@ -1,0 +1,56 @@
+"""enqueue(..., conn=...) joins the caller's transaction: it exists only if that commits."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+from helpers import counts
+
+from fifoq import QueueManager, Status, UnknownExecution
+
+
+class Boom(Exception):
+    """Raised inside a transaction to roll it back."""
+
+
+async def test_enqueue_in_a_committed_transaction_exists_after_commit(
+    qm: QueueManager, dsn: str
+) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        await conn.commit()
+        async with conn.transaction():
+            await conn.execute("INSERT INTO orders VALUES (1)")
+            execution = await qm.enqueue("tx.ship", {"order": 1}, conn=conn)
+            assert execution.status is Status.ACTIVE
+            # Not visible to anyone else before the commit.
+            with pytest.raises(UnknownExecution):
+                await qm.get(execution.id)
+        stored = await qm.get(execution.id)
+    assert (stored.status, stored.payload, stored.seq) == (Status.ACTIVE, {"order": 1}, 1)
+    stats = await qm.stats("tx.ship")
+    assert (stats.total_enqueued, stats.active_count) == (1, 1)
+
+
+async def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("tx.roll", max_concurrent=1)
+    blocker = await qm.enqueue("tx.roll")
+    before = await counts(dsn)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        with pytest.raises(Boom):
+            async with conn.transaction():
+                queued = await qm.enqueue("tx.roll", {"n": 1}, conn=conn)
+                fresh = await qm.enqueue("tx.new-queue", conn=conn)
+                assert (queued.status, fresh.status) == (Status.QUEUED, Status.ACTIVE)
+                raise Boom
+    assert await counts(dsn) == before  # no execution, no queue, no counter moved
+    for execution in (queued, fresh):
+        with pytest.raises(UnknownExecution):
+            await qm.get(execution.id)
+    # The queue goes on as if nothing happened: the next one gets the next seq.
+    after = await qm.enqueue("tx.roll")
+    assert after.seq == blocker.seq + 1
+    await qm.complete(blocker.id)
+    assert (await qm.get(after.id)).status is Status.ACTIVE
