@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -104,15 +105,26 @@ _BY_SQLSTATE: dict[str, type[FifoqError]] = {
 }
 
 
+# Control characters, escaped in messages from the database.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _one_line(message: str) -> str:
+    # The SQL functions quote names with %L, which keeps control characters
+    # as they are: a group name taken from a payload could break the message
+    # over several lines. Escape them the way repr() does.
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], message)
+
+
 def error_from_database(exc: psycopg.Error) -> FifoqError | None:
     """The fifoq error a database error stands for, or None if it is not one of ours."""
     sqlstate = exc.sqlstate or ""
     cls = _BY_SQLSTATE.get(sqlstate)
     if cls is not None:
-        return cls(exc.diag.message_primary or str(exc))
+        return cls(_one_line(exc.diag.message_primary or str(exc)))
     if sqlstate in ("22P02", "22P05", "22021", "54000", "54001"):
         # invalid JSON text, untranslatable character, bad encoding, too deep
-        return InvalidInput(exc.diag.message_primary or str(exc))
+        return InvalidInput(_one_line(exc.diag.message_primary or str(exc)))
     return None
 
 

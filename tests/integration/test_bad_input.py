@@ -1,0 +1,294 @@
+"""Every bad input of SPEC §3.7 raises the named error, in one line, and changes nothing."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import psycopg
+import pytest
+from helpers import counts
+
+from fifoq import (
+    FifoqError,
+    InvalidInput,
+    InvalidPolicy,
+    InvalidTransition,
+    QueueManager,
+    Status,
+    UnknownExecution,
+)
+
+UNKNOWN_ID = 2**40
+
+
+async def assert_refused(
+    dsn: str,
+    call: Callable[[], Awaitable[Any]],
+    error: type[FifoqError],
+    *names: str,
+) -> str:
+    """Run ``call``; it must raise ``error`` with a one-line message naming ``names``
+    and leave every fifoq table as it was. Returns the message."""
+    before = await counts(dsn)
+    with pytest.raises(error) as info:
+        await call()
+    message = str(info.value)
+    assert message, "empty error message"
+    assert "\n" not in message, f"message spans lines: {message!r}"
+    for name in names:
+        assert name in message, f"{name!r} not in {message!r}"
+    assert await counts(dsn) == before, "the database changed"
+    return message
+
+
+@pytest.fixture
+async def small(dsn: str) -> AsyncIterator[QueueManager]:
+    """An executor with a 64-byte payload limit."""
+    async with QueueManager.connect(dsn, max_payload_bytes=64) as manager:
+        yield manager
+
+
+# -- unknown executions and wrong transitions ---------------------------------
+
+
+async def test_unknown_execution_is_refused_by_every_call(qm: QueueManager, dsn: str) -> None:
+    await qm.enqueue("bad.known")  # some state, to show it stays as it is
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: qm.get(UNKNOWN_ID),
+        lambda: qm.complete(UNKNOWN_ID),
+        lambda: qm.complete(UNKNOWN_ID, error="x"),
+        lambda: qm.cancel(UNKNOWN_ID),
+        lambda: qm.wait_started(UNKNOWN_ID),
+    ]
+    for call in calls:
+        message = await assert_refused(dsn, call, UnknownExecution, str(UNKNOWN_ID))
+        assert message == f"unknown execution {UNKNOWN_ID}"
+
+
+async def test_completing_twice_is_refused_and_frees_no_second_slot(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("bad.twice", max_concurrent=1)
+    first, second, third = [await qm.enqueue("bad.twice") for _ in range(3)]
+    done = await qm.complete(first.id, result={"ok": True})
+    assert done.status is Status.SUCCEEDED
+    assert (await qm.get(second.id)).status is Status.ACTIVE
+    for call in (
+        lambda: qm.complete(first.id),
+        lambda: qm.complete(first.id, error="again"),
+    ):
+        message = await assert_refused(dsn, call, InvalidTransition, str(first.id), "succeeded")
+        assert message == f"cannot complete execution {first.id}: it is succeeded, not active"
+    assert (await qm.get(third.id)).status is Status.QUEUED
+    stats = await qm.stats("bad.twice")
+    assert (stats.active_count, stats.queue_length, stats.total_completed) == (1, 1, 1)
+    assert (await qm.get(first.id)).result == {"ok": True}
+
+
+async def test_completing_a_queued_or_cancelled_execution_is_refused(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("bad.queued", max_concurrent=1)
+    await qm.enqueue("bad.queued")
+    queued = await qm.enqueue("bad.queued")
+    await assert_refused(dsn, lambda: qm.complete(queued.id), InvalidTransition, "queued")
+    await qm.cancel(queued.id)
+    await assert_refused(dsn, lambda: qm.complete(queued.id), InvalidTransition, "cancelled")
+
+
+# -- policies -------------------------------------------------------------------
+
+BAD_POLICIES: list[tuple[str, dict[str, Any]]] = [
+    ("max_concurrent", {"max_concurrent": 0}),
+    ("max_concurrent", {"max_concurrent": -1}),
+    ("max_concurrent", {"max_concurrent": 2**31}),
+    ("max_concurrent", {"max_concurrent": True}),
+    ("max_concurrent", {"max_concurrent": 1.5}),
+    ("max_concurrent", {"max_concurrent": "3"}),
+    ("max_concurrent", {"max_concurrent": None}),
+    ("max_queue_length", {"max_queue_length": -1}),
+    ("max_queue_length", {"max_queue_length": 2**31}),
+    ("max_queue_length", {"max_queue_length": False}),
+    ("queue_timeout", {"queue_timeout": math.nan}),
+    ("queue_timeout", {"queue_timeout": math.inf}),
+    ("queue_timeout", {"queue_timeout": -math.inf}),
+    ("queue_timeout", {"queue_timeout": 0}),
+    ("queue_timeout", {"queue_timeout": -1.0}),
+    ("queue_timeout", {"queue_timeout": True}),
+    ("queue_timeout", {"queue_timeout": "10"}),
+    ("on_limit", {"on_limit": "drop"}),
+    ("on_limit", {"on_limit": None}),
+    ("group_by", {"group_by": "host"}),
+    ("group_by", {"group_by": [""]}),
+    ("group_by", {"group_by": ["a\x00b"]}),
+    ("group_by", {"group_by": ["ok", 1]}),
+    ("group_by", {"group_by": None}),
+]
+
+
+@pytest.mark.parametrize(
+    ("field", "bad"), BAD_POLICIES, ids=[f"{f}={v[f]!r}" for f, v in BAD_POLICIES]
+)
+async def test_invalid_policy_values_are_refused(
+    qm: QueueManager, dsn: str, field: str, bad: dict[str, Any]
+) -> None:
+    await qm.set_policy("bad.policy", max_concurrent=4)  # must stay as it is
+    values: dict[str, Any] = {"max_concurrent": 2, **bad}
+    message = await assert_refused(
+        dsn, lambda: qm.set_policy("bad.policy", **values), InvalidPolicy, field, "'bad.policy'"
+    )
+    assert message.startswith("invalid policy for action 'bad.policy': ")
+    assert (await qm.get_policy("bad.policy")).max_concurrent == 4
+    with pytest.raises(ValueError):  # InvalidPolicy is a ValueError too
+        await qm.set_default_policy(**values)
+
+
+@pytest.mark.parametrize("action", ["", "a" * 256, "bad\nname", "tab\there", "\x7f", 5])
+async def test_invalid_policy_action_names_are_refused(
+    qm: QueueManager, dsn: str, action: Any
+) -> None:
+    await assert_refused(
+        dsn, lambda: qm.set_policy(action, max_concurrent=1), InvalidPolicy, "action name"
+    )
+
+
+async def test_the_database_refuses_invalid_policies_from_sql_callers(
+    qm: QueueManager, dsn: str
+) -> None:
+    # The SQL function checks too: a trigger or another language gets the same rules.
+    cases = [
+        ("'x.y', 0", "max_concurrent"),
+        ("'x.y', 1, -1", "max_queue_length"),
+        ("'x.y', 1, 10, 'NaN'::float8", "queue_timeout"),
+        ("'x.y', 1, 10, 'infinity'::float8", "queue_timeout"),
+        ("'x.y', 1, 10, 1.0, 'drop'", "on_limit"),
+        ("'x.y', 1, 10, 1.0, 'enqueue', ARRAY['']", "group_by"),
+        ("E'x\\ny', 1", "action name"),
+    ]
+    before = await counts(dsn)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for args, field in cases:
+            with pytest.raises(psycopg.Error) as info:
+                await conn.execute(f"SELECT fifoq.set_policy({args})")  # type: ignore[arg-type]
+            assert info.value.sqlstate == "FQ400"
+            assert field in (info.value.diag.message_primary or "")
+    assert await counts(dsn) == before
+
+
+# -- payloads, results and names ------------------------------------------------
+
+
+class NotJson:
+    """An object json cannot serialise."""
+
+
+NON_JSON: list[Any] = [
+    NotJson(),
+    {1, 2},
+    b"bytes",
+    math.nan,
+    {"deep": [math.inf]},
+    {"key": NotJson()},
+    {("tuple", "key"): 1},
+]
+
+
+@pytest.mark.parametrize("payload", NON_JSON, ids=lambda p: type(p).__name__)
+async def test_non_json_payloads_are_refused(
+    qm: QueueManager, dsn: str, payload: Any
+) -> None:
+    for call in (
+        lambda: qm.enqueue("bad.payload", payload),
+        lambda: qm.enqueue_and_wait("bad.payload", payload),
+    ):
+        await assert_refused(dsn, call, InvalidInput, "payload")
+
+
+async def test_payloads_with_nul_characters_are_refused(qm: QueueManager, dsn: str) -> None:
+    await assert_refused(dsn, lambda: qm.enqueue("bad.nul", {"k": "a\x00b"}), InvalidInput, "NUL")
+
+
+async def test_oversized_payloads_are_refused_at_the_configured_limit(
+    small: QueueManager, dsn: str
+) -> None:
+    fits = {"k": "x" * 56}  # {"k":"..."} is exactly 64 bytes
+    assert (await small.enqueue("bad.size", fits)).payload == fits
+    too_big = {"k": "x" * 57}
+    message = await assert_refused(
+        dsn, lambda: small.enqueue("bad.size", too_big), InvalidInput, "payload", "65", "64"
+    )
+    assert message == "payload is 65 bytes of JSON, over the limit of 64 bytes"
+    # Multibyte characters count in bytes, not characters.
+    await assert_refused(
+        dsn, lambda: small.enqueue("bad.size", {"k": "é" * 30}), InvalidInput, "bytes"
+    )
+
+
+async def test_bad_results_are_refused_and_leave_the_execution_active(
+    small: QueueManager, dsn: str
+) -> None:
+    execution = await small.enqueue("bad.result")
+    for result in (NotJson(), {"big": "x" * 100}, math.nan):
+        await assert_refused(
+            dsn, lambda r=result: small.complete(execution.id, result=r), InvalidInput, "result"
+        )
+    await assert_refused(
+        dsn, lambda: small.complete(execution.id, error=42), InvalidInput, "error"  # type: ignore[arg-type]
+    )
+    assert (await small.get(execution.id)).status is Status.ACTIVE
+
+
+BAD_NAMES: list[Any] = ["", "a" * 256, "line\nbreak", "nul\x00", "bell\x07", "\x9b", "\u2028", 7]
+
+
+@pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
+async def test_bad_action_names_are_refused(qm: QueueManager, dsn: str, name: Any) -> None:
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: qm.enqueue(name),
+        lambda: qm.enqueue_and_wait(name),
+        lambda: qm.stats(name),
+        lambda: qm.get_policy(name),
+    ]
+    for call in calls:
+        await assert_refused(dsn, call, InvalidInput, "action name")
+
+
+@pytest.mark.parametrize("name", BAD_NAMES[1:], ids=repr)  # "" means the default group
+async def test_bad_group_names_are_refused(qm: QueueManager, dsn: str, name: Any) -> None:
+    await assert_refused(dsn, lambda: qm.enqueue("bad.group", group=name), InvalidInput, "group")
+
+
+async def test_longest_names_are_accepted(qm: QueueManager) -> None:
+    action, group = "a" * 255, "g" * 255
+    execution = await qm.enqueue(action, group=group)
+    assert (execution.action, execution.group) == (action, group)
+
+
+async def test_group_from_a_payload_value_with_control_characters_is_refused(
+    qm: QueueManager, dsn: str
+) -> None:
+    # The group comes from group_by in the database, so the database checks it.
+    await qm.set_policy("bad.derived", max_concurrent=1, group_by=("host",))
+    message = await assert_refused(
+        dsn,
+        lambda: qm.enqueue("bad.derived", {"host": "evil\nhost"}),
+        InvalidInput,
+        "group name",
+        "'bad.derived'",
+    )
+    assert "\n" not in message
+
+
+async def test_the_database_refuses_bad_names_from_sql_callers(dsn: str) -> None:
+    before = await counts(dsn)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for action in ("", "x" * 256, "a\x01b"):
+            with pytest.raises(psycopg.Error) as info:
+                await conn.execute("SELECT fifoq.enqueue(%s)", (action,))
+            assert info.value.sqlstate == "FQ422"
+        with pytest.raises(psycopg.Error) as info:
+            await conn.execute("SELECT fifoq.complete(%s)", (UNKNOWN_ID,))
+        assert info.value.sqlstate == "FQ404"
+    assert await counts(dsn) == before
