@@ -18,8 +18,10 @@ from .errors import (
 from .manager import QueueManager
 from .migrations import migrate, rollback
 from .models import Execution, Policy, QueueStats, Status
+from .worker import App
 
 __all__ = [
+    "App",
     "Execution",
     "ExecutionAbandoned",
     "ExecutionCancelled",

@@ -1,0 +1,207 @@
+"""What every command shares: options, error handling, connecting and printing."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import json
+import os
+import re
+import sys
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from datetime import datetime
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import psycopg
+import typer
+from rich.console import Console
+
+from ..dsn import DSN_ENV, resolve_dsn, scrub
+from ..errors import FifoqError, InvalidInput, InvalidPolicy
+from ..manager import QueueManager
+from ..models import Execution
+
+T = TypeVar("T")
+
+DsnOption = Annotated[
+    str | None,
+    typer.Option(
+        "--dsn",
+        envvar=DSN_ENV,
+        show_envvar=True,
+        metavar="CONNINFO",
+        help="PostgreSQL URI or key=value conninfo. Default: $FIFOQ_DSN, else the libpq PG* "
+        "variables (PGHOST, PGUSER, ...).",
+        show_default=False,
+    ),
+]
+DebugOption = Annotated[
+    bool, typer.Option("--debug", help="Show the full traceback when something fails.")
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
+
+# SQLSTATEs that mean the schema is missing or older than this fifoq.
+_SCHEMA_MISSING = {"42P01", "42883", "3F000", "42704"}
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    """Print ``fifoq: error: <message>`` as one line on stderr and exit with ``code``."""
+    one_line = re.sub(r"\s+", " ", message).strip()
+    sys.stderr.write(f"fifoq: error: {one_line}\n")
+    sys.stderr.flush()
+    raise typer.Exit(code)
+
+
+def bad_value(option: str, message: str) -> NoReturn:
+    """A usage error (exit 2) about one option's value."""
+    raise typer.BadParameter(message, param_hint=f"'{option}'")
+
+
+@contextlib.contextmanager
+def errors_handled(debug: bool, dsn: str = "") -> Iterator[None]:
+    """Turn fifoq and database errors into one line on stderr and exit 1 (2 for bad input).
+
+    With ``debug`` the exception propagates, so its traceback is shown.
+    """
+    try:
+        yield
+    except (InvalidInput, InvalidPolicy) as exc:
+        if debug:
+            raise
+        fail(scrub(str(exc), dsn), code=2)
+    except FifoqError as exc:
+        if debug:
+            raise
+        fail(scrub(str(exc), dsn))
+    except psycopg.Error as exc:
+        if debug:
+            raise
+        message = str(exc) or type(exc).__name__
+        if exc.sqlstate in _SCHEMA_MISSING:
+            message += " (is the fifoq schema installed? run `fifoq migrate`)"
+        fail(scrub(message, dsn))
+    except OSError as exc:
+        if debug:
+            raise
+        fail(scrub(str(exc) or type(exc).__name__, dsn))
+
+
+def run(coro: Coroutine[Any, Any, T], *, debug: bool, dsn: str = "") -> T:
+    """Run a coroutine to completion with :func:`errors_handled` around it."""
+    with errors_handled(debug, dsn):
+        return asyncio.run(coro)
+    raise AssertionError("unreachable")  # errors_handled exits or re-raises
+
+
+def connection_string(cli_value: str | None) -> str:
+    """The conninfo a command uses (--dsn, $FIFOQ_DSN, else libpq defaults)."""
+    # A CLI should not hang on an unreachable host; a DSN or the environment
+    # can still set another connect_timeout.
+    os.environ.setdefault("PGCONNECT_TIMEOUT", "10")
+    return resolve_dsn(cli_value)
+
+
+async def check_reachable(dsn: str) -> None:
+    """Connect once, so an unreachable server fails at once with libpq's own message.
+
+    (A connection pool would retry silently until its timeout instead.)
+    """
+    conn = await psycopg.AsyncConnection.connect(dsn, autocommit=True)
+    await conn.close()
+
+
+@contextlib.asynccontextmanager
+async def connect(dsn: str, purpose: str) -> AsyncIterator[QueueManager]:
+    """A QueueManager for one command, after a fail-fast connection check."""
+    await check_reachable(dsn)
+    async with QueueManager.connect(
+        dsn, name=f"fifoq-cli {purpose} pid {os.getpid()}", min_size=1, max_size=2
+    ) as qm:
+        yield qm
+
+
+def parse_json_option(option: str, text: str | None) -> Any:
+    """Parse a JSON option value; a usage error (exit 2) naming the option if it is not JSON."""
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        bad_value(option, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+
+
+def parse_seconds(option: str, text: str | None, *, allow_none: bool = False) -> float | None:
+    """Parse a number of seconds (``none``/``off`` for no limit where allowed)."""
+    if text is None:
+        return None
+    if allow_none and text.strip().lower() in ("none", "off", "never"):
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        extra = " or 'none'" if allow_none else ""
+        bad_value(option, f"expected a number of seconds{extra}, got {text!r}")
+    if not (value > 0 and value != float("inf")):
+        bad_value(option, f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, enums and datetimes as plain JSON values."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, datetime):
+        return value.isoformat()
+    if isinstance(value, list | tuple):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    return value
+
+
+def print_json(value: Any, *, compact: bool = False) -> None:
+    """Write a value as JSON to stdout (one line when ``compact``)."""
+    indent = None if compact else 2
+    sys.stdout.write(json.dumps(to_jsonable(value), indent=indent, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def console() -> Console:
+    """A rich console for stdout; wide when not a terminal, so tables are not squeezed."""
+    probe = Console()
+    if probe.is_terminal or os.environ.get("COLUMNS"):
+        return probe
+    return Console(width=160)
+
+
+def format_execution(execution: Execution) -> str:
+    """An execution as aligned ``field  value`` lines for people."""
+
+    def show(value: Any) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, datetime):
+            return value.isoformat(sep=" ", timespec="milliseconds")
+        if isinstance(value, dict | list | bool | int | float) and not isinstance(value, enum.Enum):
+            return json.dumps(value, ensure_ascii=False)
+        return str(value)
+
+    fields = [
+        ("id", execution.id),
+        ("action", execution.action),
+        ("group", execution.group),
+        ("seq", execution.seq),
+        ("status", execution.status),
+        ("payload", execution.payload),
+        ("result", execution.result),
+        ("error", execution.error),
+        ("enqueued_at", execution.enqueued_at),
+        ("started_at", execution.started_at),
+        ("finished_at", execution.finished_at),
+        ("owner", execution.owner),
+    ]
+    return "\n".join(f"{name:<12} {show(value)}" for name, value in fields)

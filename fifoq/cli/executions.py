@@ -1,0 +1,217 @@
+"""`fifoq enqueue|get|complete|cancel`: create, inspect and finish executions by hand."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated
+
+import typer
+
+from ..errors import ExecutionAbandoned, ExecutionCancelled, QueueTimeout
+from ..manager import QueueManager
+from ..models import Execution, Status
+from ..validation import check_action, check_group
+from ._common import (
+    DebugOption,
+    DsnOption,
+    JsonOption,
+    bad_value,
+    connect,
+    connection_string,
+    errors_handled,
+    format_execution,
+    parse_json_option,
+    parse_seconds,
+    print_json,
+    run,
+)
+
+IdArgument = Annotated[int, typer.Argument(metavar="ID", help="Execution id.", min=1)]
+
+
+def _show(execution: Execution, as_json: bool) -> None:
+    if as_json:
+        print_json(execution)
+    else:
+        typer.echo(format_execution(execution))
+
+
+async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | None) -> Execution:
+    """Wait until the execution holds a slot, without becoming its owner.
+
+    Taking ownership (``wait_started``) would abandon it when this command
+    exits; the CLI leaves it for a worker or a later ``fifoq complete``.
+    """
+    deadline = None if timeout is None else time.monotonic() + timeout
+    delay = 0.02
+    while execution.status is Status.QUEUED:
+        if deadline is not None and time.monotonic() >= deadline:
+            raise QueueTimeout(
+                f"execution {execution.id} of action {execution.action!r} did not start within "
+                f"{timeout:g} s; it is still queued"
+            )
+        await asyncio.sleep(delay)
+        delay = min(delay * 1.5, 0.25)
+        execution = await qm.get(execution.id)
+    where = f"execution {execution.id} of action {execution.action!r}"
+    if execution.status is Status.CANCELLED:
+        raise ExecutionCancelled(f"{where} was cancelled before it started")
+    if execution.status is Status.TIMED_OUT:
+        raise QueueTimeout(f"{where} timed out waiting in its queue")
+    if execution.status is Status.ABANDONED:
+        raise ExecutionAbandoned(f"{where} was abandoned")
+    return execution
+
+
+def enqueue(
+    action: Annotated[str, typer.Argument(help="Action name, e.g. core.deploy.")],
+    payload: Annotated[
+        str | None, typer.Option("--payload", metavar="JSON", help="Payload as JSON text.")
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group", metavar="G", help="Queue group (default: from the policy's group_by)."
+        ),
+    ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option("--wait", help="Wait until the execution is active (holds a slot)."),
+    ] = False,
+    timeout: Annotated[
+        str | None,
+        typer.Option(
+            "--timeout", metavar="S", help="With --wait: give up after S seconds (exit 1)."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the execution id.")
+    ] = False,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Enqueue an execution and print it (queued, or active if admitted at once).
+
+    Nobody owns it: a worker running the action picks it up, or you finish
+    it yourself with `fifoq complete ID`.
+    """
+    value = parse_json_option("--payload", payload)
+    wait_timeout = parse_seconds("--timeout", timeout)
+    if wait_timeout is not None and not wait:
+        bad_value("--timeout", "only makes sense with --wait")
+    with errors_handled(debug):
+        check_action(action)
+        check_group(group)
+    conninfo = connection_string(dsn)
+
+    async def go() -> Execution:
+        async with connect(conninfo, "enqueue") as qm:
+            execution = await qm.enqueue(action, value, group=group)
+            if wait:
+                if not quiet and not as_json and execution.status is Status.QUEUED:
+                    typer.echo(
+                        f"execution {execution.id} queued (seq {execution.seq}); waiting...",
+                        err=True,
+                    )
+                execution = await _wait_active(qm, execution, wait_timeout)
+            return execution
+
+    execution = run(go(), debug=debug, dsn=conninfo)
+    if quiet:
+        typer.echo(str(execution.id))
+    else:
+        _show(execution, as_json)
+
+
+ENQUEUE_EPILOG = (
+    'Example: fifoq enqueue core.deploy --payload \'{"host": "web-1"}\' --wait;  '
+    "ID=$(fifoq enqueue core.deploy -q)"
+)
+
+
+def get(
+    execution_id: IdArgument,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Show one execution: status, payload, result or error, timestamps, owner."""
+    conninfo = connection_string(dsn)
+
+    async def go() -> Execution:
+        async with connect(conninfo, "get") as qm:
+            return await qm.get(execution_id)
+
+    _show(run(go(), debug=debug, dsn=conninfo), as_json)
+
+
+GET_EPILOG = "Example: fifoq get 42 --json"
+
+
+def complete(
+    execution_id: IdArgument,
+    error: Annotated[
+        str | None,
+        typer.Option("--error", metavar="TEXT", help="Mark it failed with this error text."),
+    ] = None,
+    result: Annotated[
+        str | None, typer.Option("--result", metavar="JSON", help="Result as JSON text.")
+    ] = None,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Finish an active execution (succeeded, or failed with --error); its slot goes to the next."""
+    value = parse_json_option("--result", result)
+    conninfo = connection_string(dsn)
+
+    async def go() -> Execution:
+        async with connect(conninfo, "complete") as qm:
+            return await qm.complete(execution_id, result=value, error=error)
+
+    _show(run(go(), debug=debug, dsn=conninfo), as_json)
+
+
+COMPLETE_EPILOG = (
+    "Example: fifoq complete 42 --result '{\"ok\": true}';  fifoq complete 43 --error 'disk full'"
+)
+
+
+def cancel(
+    execution_id: IdArgument,
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Cancel a queued or active execution; a running handler is stopped, its slot goes on.
+
+    Exit status 0 also when it had already finished (then nothing changes);
+    an unknown id is an error (exit 1).
+    """
+    conninfo = connection_string(dsn)
+
+    async def go() -> tuple[bool, Execution]:
+        async with connect(conninfo, "cancel") as qm:
+            cancelled = await qm.cancel(execution_id)
+            return cancelled, await qm.get(execution_id)
+
+    cancelled, execution = run(go(), debug=debug, dsn=conninfo)
+    if as_json:
+        print_json({"id": execution_id, "cancelled": cancelled, "status": execution.status})
+    elif cancelled:
+        typer.echo(f"execution {execution_id} cancelled")
+    else:
+        typer.echo(f"execution {execution_id} had already finished ({execution.status}); unchanged")
+
+
+CANCEL_EPILOG = "Example: fifoq cancel 42"
+
+
+def register(app: typer.Typer) -> None:
+    """Add the execution commands to the ``fifoq`` app."""
+    app.command("enqueue", epilog=ENQUEUE_EPILOG)(enqueue)
+    app.command("get", epilog=GET_EPILOG)(get)
+    app.command("complete", epilog=COMPLETE_EPILOG)(complete)
+    app.command("cancel", epilog=CANCEL_EPILOG)(cancel)

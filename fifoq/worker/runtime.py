@@ -1,0 +1,442 @@
+"""Worker: claims admitted executions of an App's actions and runs their handlers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import psycopg
+
+from ..dsn import describe
+from ..errors import FifoqError, InvalidInput, InvalidTransition
+from ..manager import QueueManager
+from ..models import Execution, Status
+from .app import ActionSpec, App
+
+__all__ = ["AppLoadError", "Worker", "load_app"]
+
+logger = logging.getLogger("fifoq.worker")
+
+_MAX_ERROR_CHARS = 64 * 1024  # an error text is for people; keep huge messages out of the row
+_COMPLETE_ATTEMPTS = 4
+_SETTLE_SECONDS = 5.0  # after the grace period: time for cancelled handlers to unwind
+
+
+class AppLoadError(Exception):
+    """``MODULE:APP`` does not name an importable ``fifoq.App``."""
+
+
+def load_app(spec: str) -> App:
+    """Import ``module.path:attribute`` (attribute defaults to ``app``) and return the App.
+
+    The current directory is put first on ``sys.path`` so that an
+    application module next to where the worker starts can be found.
+    """
+    module_name, _, attribute = spec.partition(":")
+    attribute = attribute or "app"
+    if not module_name or not all(part.isidentifier() for part in module_name.split(".")):
+        raise AppLoadError(f"expected MODULE:APP such as 'myapp.tasks:app', got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module_name == exc.name or module_name.startswith(exc.name + ".")):
+            raise AppLoadError(f"no module named {exc.name!r} (from {spec!r})") from exc
+        raise
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise AppLoadError(f"module {module_name!r} has no attribute {attribute!r}") from None
+    if not isinstance(target, App):
+        raise AppLoadError(
+            f"{spec!r} is a {type(target).__name__}, not a fifoq.App (create one with fifoq.App())"
+        )
+    return target
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` (just the type name when the message is empty), storable."""
+    message = str(exc)
+    text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
+    text = text.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+    if len(text) > _MAX_ERROR_CHARS:
+        text = text[:_MAX_ERROR_CHARS] + "... (truncated)"
+    return text
+
+
+@dataclass(eq=False)
+class _Running:
+    """One execution this worker is running."""
+
+    execution: Execution
+    spec: ActionSpec
+    started: float = field(default_factory=time.monotonic)
+    task: asyncio.Task[None] | None = None
+    stop_reason: str | None = None  # "cancelled" / "abandoned" (by the database), "shutdown"
+    completing: bool = False
+    recorded: bool = False
+    unsubscribe: Any = None
+
+
+class Worker:
+    """Runs the handlers of an :class:`App` for admitted executions, in admission order.
+
+    Producers only enqueue. Admission (the slot) is decided in the database;
+    the worker takes admitted executions nobody owns with ``claim``, which
+    returns each queue's in seq order, and starts their handlers in that
+    order. It learns of new work from NOTIFY and from a periodic claim, so a
+    lost notification only delays it by ``claim_interval``.
+
+    ``stop()`` (SIGTERM/SIGINT under :meth:`run` with ``handle_signals``)
+    stops claiming and lets running handlers finish for ``grace`` seconds;
+    what still runs then is cancelled and handed back: the executor closes
+    and the database marks those executions ``abandoned`` (terminal; they are
+    not run again). A second signal cancels at once.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        conninfo: str = "",
+        *,
+        concurrency: int = 10,
+        actions: Sequence[str] | None = None,
+        grace: float = 30.0,
+        claim_interval: float = 0.5,
+        apply_policies: bool = True,
+        name: str | None = None,
+        lease: float = 5.0,
+    ) -> None:
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
+        if not grace >= 0:
+            raise ValueError(f"grace must be zero or more seconds, got {grace!r}")
+        if not claim_interval > 0:
+            raise ValueError(f"claim_interval must be positive, got {claim_interval!r}")
+        if len(app) == 0:
+            raise ValueError("the app has no actions: register handlers with @app.action(...)")
+        selected = list(dict.fromkeys(actions)) if actions else sorted(app.actions)
+        unknown = [a for a in selected if a not in app]
+        if unknown:
+            raise ValueError(
+                f"unknown action(s) {', '.join(map(repr, unknown))}; "
+                f"the app has {', '.join(sorted(app.actions))}"
+            )
+        self.app = app
+        self.conninfo = conninfo
+        self.concurrency = concurrency
+        self.actions = selected
+        self.grace = grace
+        self.claim_interval = claim_interval
+        self.apply_policies = apply_policies
+        self.name = name
+        self.lease = lease
+        self.executor_id: int | None = None
+        self.handed_back: list[int] = []
+        self.completed = 0
+        self._running: dict[int, _Running] = {}
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._force = asyncio.Event()
+        self._ready = asyncio.Event()
+
+    # -- control -----------------------------------------------------------
+
+    @property
+    def running(self) -> list[Execution]:
+        """The executions whose handlers run now."""
+        return [r.execution for r in self._running.values()]
+
+    async def wait_ready(self) -> None:
+        """Return once the worker is connected, has applied its policies and claims work."""
+        await self._ready.wait()
+
+    def stop(self) -> None:
+        """Stop claiming and finish gracefully; called a second time, cancel handlers now."""
+        if self._stopping:
+            if not self._force.is_set():
+                logger.warning("second stop request: cancelling running handlers now")
+                self._force.set()
+            return
+        self._stopping = True
+        self._wake.set()
+        logger.info(
+            "stop requested: no new work; %d running handler(s) get %g s to finish",
+            len(self._running),
+            self.grace,
+        )
+
+    async def run(self, *, handle_signals: bool = False) -> None:
+        """Connect, apply the app's policies, and run handlers until :meth:`stop`.
+
+        With ``handle_signals`` SIGTERM and SIGINT call :meth:`stop` (only in
+        the main thread).
+        """
+        loop = asyncio.get_running_loop()
+        installed: list[signal.Signals] = []
+        if handle_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+                installed.append(sig)
+        try:
+            async with QueueManager.connect(
+                self.conninfo,
+                name=self.name,
+                lease=self.lease,
+                max_size=min(self.concurrency + 2, 20),
+            ) as qm:
+                self.executor_id = qm.executor_id
+                try:
+                    await self._serve(qm)
+                finally:
+                    await self._drain()
+                if self.handed_back:
+                    logger.warning(
+                        "handing back %d execution(s) that did not finish within the grace "
+                        "period: %s; closing the executor marks them abandoned (they are not "
+                        "run again)",
+                        len(self.handed_back),
+                        ", ".join(map(str, self.handed_back)),
+                    )
+            logger.info(
+                "worker stopped (executor %s): %d execution(s) completed, %d handed back",
+                self.executor_id,
+                self.completed,
+                len(self.handed_back),
+            )
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+
+    # -- claiming ----------------------------------------------------------
+
+    async def _serve(self, qm: QueueManager) -> None:
+        if self.apply_policies:
+            for policy in await self.app.apply_policies(qm, self.actions):
+                logger.info(
+                    "policy %s: max_concurrent=%s max_queue_length=%s queue_timeout=%s "
+                    "on_limit=%s group_by=%s",
+                    policy.action,
+                    policy.max_concurrent,
+                    policy.max_queue_length,
+                    policy.queue_timeout,
+                    policy.on_limit,
+                    ",".join(policy.group_by) or "-",
+                )
+        wanted = set(self.actions)
+
+        def on_work(action: str) -> None:
+            if action in wanted:
+                self._wake.set()
+
+        qm.listen_for_work(on_work)
+        logger.info(
+            "worker ready: executor %s on %s, actions %s, concurrency %d",
+            qm.executor_id,
+            describe(self.conninfo),
+            ", ".join(self.actions),
+            self.concurrency,
+        )
+        self._ready.set()
+        failures = 0
+        while not self._stopping:
+            free = self.concurrency - len(self._running)
+            claimed: list[Execution] = []
+            if free > 0:
+                # Cleared before claiming: a notification that arrives while
+                # the claim runs sets it again, so no wake-up is lost.
+                self._wake.clear()
+                try:
+                    claimed = await qm.claim(self.actions, free)
+                    failures = 0
+                except (psycopg.Error, FifoqError, OSError) as exc:
+                    failures += 1
+                    logger.warning("claim failed (%s); retrying", describe_error(exc))
+                    await asyncio.sleep(min(0.1 * 2**failures, 2.0))
+                    continue
+                # Start each queue's executions in seq order: the claim's UPDATE ...
+                # RETURNING does not promise an order. (seq is per queue; sorting
+                # by it across queues keeps every queue's own order.)
+                for execution in sorted(claimed, key=lambda e: e.seq):
+                    self._start(qm, execution)
+                if claimed and len(claimed) == free:
+                    continue  # there may be more admitted work than we took
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.claim_interval):
+                    await self._wake.wait()
+
+    def _start(self, qm: QueueManager, execution: Execution) -> None:
+        running = _Running(execution, self.app[execution.action])
+        # Tasks start in creation order, so handlers start in claim (seq) order.
+        task = asyncio.create_task(self._execute(qm, running), name=f"fifoq-exec-{execution.id}")
+        running.task = task
+        self._running[execution.id] = running
+        task.add_done_callback(lambda _: self._finished(running))
+
+        def on_status(status: Status, _at: datetime | None) -> None:
+            if status in (Status.CANCELLED, Status.ABANDONED) and running.stop_reason is None:
+                if running.completing:
+                    return  # complete() will say it is no longer active
+                running.stop_reason = str(status)
+                task.cancel()
+
+        running.unsubscribe = qm.watch_status(execution.id, on_status)
+        logger.debug(
+            "execution %s (%s, group %s, seq %s) claimed",
+            execution.id,
+            execution.action,
+            execution.group or "-",
+            execution.seq,
+        )
+
+    def _finished(self, running: _Running) -> None:
+        execution = running.execution
+        self._running.pop(execution.id, None)
+        if running.unsubscribe is not None:
+            running.unsubscribe()
+        self._wake.set()  # a slot of ours is free: claim again
+        if running.stop_reason in ("cancelled", "abandoned"):
+            logger.info(
+                "execution %s (%s) was %s while running: handler stopped after %.3f s",
+                execution.id,
+                execution.action,
+                running.stop_reason,
+                time.monotonic() - running.started,
+            )
+        elif running.stop_reason == "shutdown" and not running.recorded:
+            self.handed_back.append(execution.id)
+        assert running.task is not None
+        if not running.task.cancelled() and running.task.exception() is not None:
+            logger.error(
+                "execution %s (%s): worker error",
+                execution.id,
+                execution.action,
+                exc_info=running.task.exception(),
+            )
+
+    # -- running -----------------------------------------------------------
+
+    async def _execute(self, qm: QueueManager, running: _Running) -> None:
+        execution, spec = running.execution, running.spec
+        result: Any = None
+        error: str | None = None
+        try:
+            async with asyncio.timeout(spec.timeout) as deadline:
+                result = await spec.handler(execution.payload)
+        except TimeoutError as exc:
+            if deadline.expired():
+                error = (
+                    f"TimeoutError: the handler ran longer than its timeout of {spec.timeout:g} s "
+                    "and was cancelled"
+                )
+            else:
+                error = describe_error(exc)
+        except Exception as exc:
+            error = describe_error(exc)
+            logger.debug("handler of execution %s raised", execution.id, exc_info=True)
+        running.completing = True
+        await self._complete(qm, running, result, error)
+
+    async def _complete(
+        self, qm: QueueManager, running: _Running, result: Any, error: str | None
+    ) -> None:
+        execution = running.execution
+        elapsed = time.monotonic() - running.started
+        for attempt in range(1, _COMPLETE_ATTEMPTS + 1):
+            try:
+                try:
+                    done = await qm.complete(execution.id, result=result, error=error)
+                except InvalidInput as exc:
+                    if error is not None:
+                        raise
+                    # The result cannot be stored (not JSON, too large): fail it, saying why.
+                    error = f"InvalidInput: the handler's result was not stored: {exc}"
+                    result = None
+                    done = await qm.complete(execution.id, error=error)
+            except InvalidTransition as exc:
+                logger.info(
+                    "execution %s (%s) finished after %.3f s but was no longer active: %s",
+                    execution.id,
+                    execution.action,
+                    elapsed,
+                    exc,
+                )
+                return
+            except (psycopg.OperationalError, OSError) as exc:
+                if attempt == _COMPLETE_ATTEMPTS:
+                    logger.error(
+                        "could not record the outcome of execution %s (%s): %s; it stays "
+                        "active until this executor closes or is reaped, then it is abandoned",
+                        execution.id,
+                        execution.action,
+                        describe_error(exc),
+                    )
+                    return
+                await asyncio.sleep(0.2 * attempt)
+                continue
+            self.completed += 1
+            running.recorded = True
+            if done.status is Status.FAILED:
+                logger.info(
+                    "execution %s (%s) failed after %.3f s: %s",
+                    execution.id,
+                    execution.action,
+                    elapsed,
+                    error,
+                )
+            else:
+                logger.debug(
+                    "execution %s (%s) succeeded after %.3f s",
+                    execution.id,
+                    execution.action,
+                    elapsed,
+                )
+            return
+
+    async def _drain(self) -> None:
+        """Let running handlers finish within the grace period; cancel the rest."""
+        if not self._running:
+            return
+        logger.info(
+            "waiting up to %g s for %d running handler(s) to finish", self.grace, len(self._running)
+        )
+        deadline = time.monotonic() + self.grace
+        force = asyncio.ensure_future(self._force.wait())
+        try:
+            while self._running and not self._force.is_set():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                tasks = {r.task for r in self._running.values() if r.task is not None}
+                await asyncio.wait(
+                    tasks | {force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+                )
+        finally:
+            force.cancel()
+        for running in list(self._running.values()):
+            if running.completing:
+                continue  # its outcome is being written; let that finish
+            if running.stop_reason is None:
+                running.stop_reason = "shutdown"
+            assert running.task is not None
+            running.task.cancel()
+        rest = {r.task for r in self._running.values() if r.task is not None}
+        if rest:
+            _, still = await asyncio.wait(rest, timeout=_SETTLE_SECONDS)
+            for task in still:  # completions stuck on the database
+                task.cancel()
+            if still:
+                await asyncio.wait(still, timeout=_SETTLE_SECONDS)
