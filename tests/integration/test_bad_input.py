@@ -196,9 +196,7 @@ NON_JSON: list[Any] = [
 
 
 @pytest.mark.parametrize("payload", NON_JSON, ids=lambda p: type(p).__name__)
-async def test_non_json_payloads_are_refused(
-    qm: QueueManager, dsn: str, payload: Any
-) -> None:
+async def test_non_json_payloads_are_refused(qm: QueueManager, dsn: str, payload: Any) -> None:
     for call in (
         lambda: qm.enqueue("bad.payload", payload),
         lambda: qm.enqueue_and_wait("bad.payload", payload),
@@ -235,7 +233,10 @@ async def test_bad_results_are_refused_and_leave_the_execution_active(
             dsn, lambda r=result: small.complete(execution.id, result=r), InvalidInput, "result"
         )
     await assert_refused(
-        dsn, lambda: small.complete(execution.id, error=42), InvalidInput, "error"  # type: ignore[arg-type]
+        dsn,
+        lambda: small.complete(execution.id, error=42),
+        InvalidInput,
+        "error",  # type: ignore[arg-type]
     )
     assert (await small.get(execution.id)).status is Status.ACTIVE
 
