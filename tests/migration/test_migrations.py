@@ -1,0 +1,167 @@
+"""Migrations: up, down and up again, idempotence, and the committed schema dump."""
+
+from __future__ import annotations
+
+import asyncio
+import difflib
+import re
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg import sql
+from schema_dump import SCHEMA_FILE, dump_schema
+
+import fifoq
+from fifoq.migrations import migrations_dir, pending_sql
+
+
+@pytest.fixture
+def empty_dsn(admin_dsn: str) -> Iterator[str]:
+    """A new database with nothing of fifoq in it, dropped afterwards."""
+    name = f"test_empty_{uuid.uuid4().hex}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield psycopg.conninfo.make_conninfo(admin_dsn, dbname=name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+@pytest.fixture
+def pg_dump(pg_bindir: Path | None) -> str:
+    """The pg_dump matching the server when we started it, else the one on PATH."""
+    return str(pg_bindir / "pg_dump") if pg_bindir else "pg_dump"
+
+
+def objects(dsn: str) -> dict[str, int]:
+    """What exists in schema fifoq (and anywhere else, to catch leftovers)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            """
+            SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'fifoq'),
+                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = 'fifoq'),
+                   (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                     WHERE n.nspname = 'fifoq'),
+                   (SELECT count(*) FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+                     WHERE n.nspname = 'fifoq' AND t.typtype = 'e'),
+                   (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname NOT IN ('pg_catalog', 'information_schema', 'pg_toast')
+                       AND n.nspname <> 'fifoq')
+            """
+        ).fetchone()
+    assert row is not None
+    return dict(zip(("schema", "relations", "functions", "enums", "elsewhere"), row, strict=True))
+
+
+async def works(dsn: str) -> None:
+    """One round of the protocol on the migrated schema."""
+    async with fifoq.QueueManager.connect(dsn) as qm:
+        await qm.set_policy("mig.check", max_concurrent=1)
+        first = await qm.enqueue("mig.check")
+        second = await qm.enqueue("mig.check")
+        await qm.complete(first.id)
+        assert (await qm.get(second.id)).status is fifoq.Status.ACTIVE
+        await qm.refresh_stats()
+        assert [s.total_completed for s in await qm.snapshot_stats()] == [1]
+
+
+def test_every_migration_has_a_rollback() -> None:
+    folder = migrations_dir()
+    ups = sorted(p.name for p in folder.glob("*.sql") if not p.name.endswith(".rollback.sql"))
+    downs = sorted(p.name for p in folder.glob("*.rollback.sql"))
+    assert ups, f"no migrations in {folder}"
+    assert downs == [name.removesuffix(".sql") + ".rollback.sql" for name in ups]
+
+
+def test_up_down_up_leaves_the_same_schema_and_it_works(empty_dsn: str, pg_dump: str) -> None:
+    assert objects(empty_dsn)["schema"] == 0
+    fifoq.migrate(empty_dsn)
+    first = objects(empty_dsn)
+    assert first["schema"] == 1 and first["relations"] > 10 and first["functions"] > 10
+    assert first["elsewhere"] == 0  # yoyo's bookkeeping lives in schema fifoq too
+    dumped = dump_schema(empty_dsn, pg_dump)
+    asyncio.run(works(empty_dsn))
+
+    fifoq.rollback(empty_dsn)
+    gone = objects(empty_dsn)
+    assert gone == {"schema": 0, "relations": 0, "functions": 0, "enums": 0, "elsewhere": 0}
+    fifoq.rollback(empty_dsn)  # nothing left to roll back: a no-op
+
+    fifoq.migrate(empty_dsn)
+    assert objects(empty_dsn) == first
+    assert dump_schema(empty_dsn, pg_dump) == dumped
+    asyncio.run(works(empty_dsn))
+
+
+def test_migrate_is_idempotent_and_keeps_data(empty_dsn: str) -> None:
+    fifoq.migrate(empty_dsn)
+    asyncio.run(works(empty_dsn))
+    fifoq.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM fifoq.executions").fetchone()
+    assert row == (2,)
+
+
+def test_concurrent_migrations_both_succeed(empty_dsn: str) -> None:
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            fifoq.migrate(empty_dsn)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors
+    asyncio.run(works(empty_dsn))
+
+
+def file_headers(text: str) -> list[str]:
+    """The file names pending_sql puts above each file's text."""
+    return re.findall(r"^-- (\d{4}_\w+(?:\.rollback)?\.sql)$", text, flags=re.MULTILINE)
+
+
+def test_pending_sql_lists_what_would_run(empty_dsn: str) -> None:
+    names = sorted(
+        p.name for p in migrations_dir().glob("*.sql") if not p.name.endswith(".rollback.sql")
+    )
+    assert file_headers(pending_sql(empty_dsn)) == names
+    assert objects(empty_dsn)["schema"] == 0  # printing ran nothing
+    fifoq.migrate(empty_dsn)
+    assert pending_sql(empty_dsn) == ""
+    assert file_headers(pending_sql(empty_dsn, rollback=True)) == [
+        n.removesuffix(".sql") + ".rollback.sql" for n in reversed(names)
+    ]
+
+
+def test_migrated_schema_matches_the_committed_dump(empty_dsn: str, pg_dump: str) -> None:
+    assert SCHEMA_FILE.exists(), f"{SCHEMA_FILE} is missing: run `make schema-dump`"
+    fifoq.migrate(empty_dsn)
+    actual = dump_schema(empty_dsn, pg_dump)
+    expected = SCHEMA_FILE.read_text(encoding="utf-8")
+    if actual != expected:
+        diff = "".join(
+            difflib.unified_diff(
+                expected.splitlines(keepends=True),
+                actual.splitlines(keepends=True),
+                "tests/schema.sql",
+                "migrated database",
+                n=2,
+            )
+        )
+        pytest.fail(
+            "the migrated schema differs from tests/schema.sql; if the change is meant, run "
+            f"`make schema-dump` and commit the result:\n{diff[:6000]}"
+        )
