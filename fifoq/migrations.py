@@ -53,22 +53,23 @@ def _backend(conninfo: str) -> Any:
     return backend
 
 
-def _prepare_schema(conninfo: str) -> None:
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-        conn.execute(
-            sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
-                sql.Identifier(SCHEMA),
-                sql.Literal("fifoq: FIFO execution queues with per-action concurrency limits"),
-            )
+def _prepare_schema(conn: psycopg.Connection[Any]) -> None:
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
+    conn.execute(
+        sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
+            sql.Identifier(SCHEMA),
+            sql.Literal("fifoq: FIFO execution queues with per-action concurrency limits"),
         )
+    )
 
 
 def migrate(conninfo: str = "") -> None:
     """Apply every pending migration (idempotent). Empty conninfo uses the PG* variables."""
-    _prepare_schema(conninfo)
     with psycopg.connect(conninfo, autocommit=True) as guard:
         guard.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATE_LOCK)
+        # Under the lock: two concurrent CREATE SCHEMA IF NOT EXISTS can both
+        # miss the other's schema, and one then fails on a unique violation.
+        _prepare_schema(guard)
         backend = _backend(conninfo)
         try:
             migrations = read_migrations(str(migrations_dir()))
