@@ -1,0 +1,311 @@
+"""Runs the selected workloads with a progress bar and reports; the body of `fifoq bench`."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ..embedded import EmbeddedPostgresError
+from .checks import GuaranteeViolated
+from .machine import describe_machine
+from .report import (
+    PlotUnavailable,
+    Results,
+    check_plot_available,
+    print_machine,
+    print_report,
+    write_json,
+    write_plot,
+)
+from .server import BenchServer
+from .workers import WorkerError
+from .workloads import run_cancel, run_handoff, run_stats, run_storage, run_throughput
+
+__all__ = ["WORKLOADS", "BenchOptions", "BenchUsageError", "Sizes", "run"]
+
+WORKLOADS = ("throughput", "many_queues", "handoff", "cancel", "stats", "storage")
+STORAGE_BATCH = 10_000
+MAX_PROCESSES = 64
+
+
+class BenchUsageError(ValueError):
+    """A bad command-line value for `fifoq bench`."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How big each workload is."""
+
+    single: tuple[tuple[int, int], ...]  # (executions, limit) on one queue
+    many_actions: int
+    many_per_action: int
+    many_limit: int
+    handoff_rounds: int
+    cancel_rounds: int
+    stats_actions: int
+    stats_history: int
+    stats_samples: int
+    storage_queued: int
+
+
+# Issue 4's workloads.
+FULL = Sizes(
+    single=((1_000, 5), (10_000, 10)),
+    many_actions=100,
+    many_per_action=100,
+    many_limit=2,
+    handoff_rounds=500,
+    cancel_rounds=300,
+    stats_actions=100,
+    stats_history=1_000_000,
+    stats_samples=50,
+    storage_queued=100_000,
+)
+# The same shapes, shrunk to run in seconds (tests).
+QUICK = Sizes(
+    single=((100, 5), (400, 10)),
+    many_actions=10,
+    many_per_action=20,
+    many_limit=2,
+    handoff_rounds=30,
+    cancel_rounds=30,
+    stats_actions=100,
+    stats_history=20_000,
+    stats_samples=10,
+    storage_queued=5_000,
+)
+
+
+@dataclass(frozen=True)
+class BenchOptions:
+    """The validated options of one benchmark run."""
+
+    dsn: str | None
+    quick: bool
+    json_file: Path | None
+    plot: Path | None
+    processes: tuple[int, ...]
+    workloads: tuple[str, ...]
+    repeat: int
+
+    @property
+    def sizes(self) -> Sizes:
+        """Workload sizes for this run."""
+        return QUICK if self.quick else FULL
+
+    @classmethod
+    def parse(
+        cls,
+        *,
+        dsn: str | None = None,
+        quick: bool = False,
+        json_file: Path | None = None,
+        plot: Path | None = None,
+        processes: str | Sequence[int] = "1,3",
+        workloads: str | Sequence[str] | None = None,
+        repeat: int = 1,
+    ) -> BenchOptions:
+        """Validate command-line values; ``BenchUsageError`` names what is wrong."""
+        if isinstance(processes, str):
+            try:
+                counts = tuple(int(p) for p in processes.split(",") if p.strip())
+            except ValueError:
+                raise BenchUsageError(
+                    f"--processes must be comma-separated whole numbers, got {processes!r}"
+                ) from None
+        else:
+            counts = tuple(processes)
+        if not counts or any(not 1 <= p <= MAX_PROCESSES for p in counts):
+            raise BenchUsageError(
+                f"--processes must list counts from 1 to {MAX_PROCESSES}, got {processes!r}"
+            )
+        chosen: tuple[str, ...] = WORKLOADS
+        if workloads is not None:
+            names = workloads.split(",") if isinstance(workloads, str) else list(workloads)
+            names = [n.strip() for n in names if n.strip()]
+            unknown = [n for n in names if n not in WORKLOADS]
+            if unknown or not names:
+                raise BenchUsageError(
+                    f"unknown workload {', '.join(map(repr, unknown)) or '(none given)'}; "
+                    f"choose from {', '.join(WORKLOADS)}"
+                )
+            chosen = tuple(w for w in WORKLOADS if w in names)
+        if repeat < 1:
+            raise BenchUsageError(f"--repeat must be at least 1, got {repeat}")
+        if dsn is not None and not dsn.strip():
+            dsn = None
+        return cls(
+            dsn=dsn,
+            quick=quick,
+            json_file=json_file,
+            plot=plot,
+            processes=tuple(sorted(set(counts))),
+            workloads=chosen,
+            repeat=repeat,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        """The options as JSON values (the DSN left out: see the machine's location)."""
+        return {
+            "quick": self.quick,
+            "processes": list(self.processes),
+            "workloads": list(self.workloads),
+            "repeat": self.repeat,
+            "sizes": self.sizes.__dict__,
+        }
+
+    def steps(self) -> int:
+        """How many progress steps the run takes."""
+        s = self.sizes
+        runs = len(self.processes) * self.repeat * 2  # ceiling + fifoq
+        count = 0
+        if "throughput" in self.workloads:
+            count += len(s.single) * runs
+        if "many_queues" in self.workloads:
+            count += runs
+        count += ("handoff" in self.workloads) + ("cancel" in self.workloads)
+        if "stats" in self.workloads:
+            count += 3
+        if "storage" in self.workloads:
+            count += math.ceil(s.storage_queued / STORAGE_BATCH)
+        return count
+
+
+class _Steps:
+    """Advances the progress bar as each step starts, so the bar shows the running step."""
+
+    def __init__(self, progress: Progress, total: int) -> None:
+        self._progress = progress
+        self._task = progress.add_task("starting", total=total)
+        self._started = 0
+
+    def __call__(self, description: str) -> None:
+        if self._started:
+            self._progress.advance(self._task)
+        self._started += 1
+        self._progress.update(self._task, description=description)
+
+    def finish(self) -> None:
+        self._progress.update(self._task, completed=self._started, description="done")
+
+
+async def _run_workloads(
+    server: BenchServer, options: BenchOptions, results: Results, step: _Steps
+) -> None:
+    s = options.sizes
+    if "throughput" in options.workloads:
+        for executions, limit in s.single:
+            for processes in options.processes:
+                results.throughput.append(
+                    await run_throughput(
+                        server,
+                        workload="single",
+                        label=f"{executions:,} x limit {limit}",
+                        actions=1,
+                        per_action=executions,
+                        limit=limit,
+                        processes=processes,
+                        repeat=options.repeat,
+                        step=step,
+                    )
+                )
+    if "many_queues" in options.workloads:
+        for processes in options.processes:
+            results.throughput.append(
+                await run_throughput(
+                    server,
+                    workload="many",
+                    label=f"{s.many_actions} actions x {s.many_per_action} x limit {s.many_limit}",
+                    actions=s.many_actions,
+                    per_action=s.many_per_action,
+                    limit=s.many_limit,
+                    processes=processes,
+                    repeat=options.repeat,
+                    step=step,
+                )
+            )
+    if "handoff" in options.workloads:
+        results.handoff = await run_handoff(server, rounds=s.handoff_rounds, step=step)
+    if "cancel" in options.workloads:
+        results.cancel = await run_cancel(server, rounds=s.cancel_rounds, step=step)
+    if "stats" in options.workloads:
+        results.stats = await run_stats(
+            server,
+            actions=s.stats_actions,
+            history_rows=s.stats_history,
+            samples=s.stats_samples,
+            step=step,
+        )
+    if "storage" in options.workloads:
+        results.storage = await run_storage(server, queued=s.storage_queued, step=step)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    return text.splitlines()[0]
+
+
+def run(options: BenchOptions, *, out: Console | None = None, err: Console | None = None) -> int:
+    """Run the benchmark; print the machine, a progress bar and the tables. Returns the exit status.
+
+    1 when a workload broke FIFO order, the limit or the queue counters (the
+    violations are printed), or when the run could not proceed; 0 otherwise.
+    Missing targets do not fail the run: they are benchmarks, not tests.
+    """
+    out = out or Console()
+    err = err or Console(stderr=True)
+    if options.plot is not None:
+        try:
+            check_plot_available()
+        except PlotUnavailable as exc:
+            err.print(f"error: {exc}", markup=False, highlight=False)
+            return 1
+    results = Results(options=options.describe())
+    started = time.perf_counter()
+    status = 0
+    try:
+        with BenchServer(options.dsn) as server:
+            results.machine = describe_machine(server.admin_dsn, server.location)
+            print_machine(out, results.machine)
+            with Progress(
+                TextColumn("[progress.description]{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+            ) as progress:
+                steps = _Steps(progress, options.steps())
+                asyncio.run(_run_workloads(server, options, results, steps))
+                steps.finish()
+    except GuaranteeViolated as exc:
+        results.failure = str(exc)
+        err.print(f"[bold red]GUARANTEE VIOLATED in workload {exc.workload}:[/]")
+        for violation in exc.violations:
+            err.print(f"  [red]{violation}[/]", markup=True, highlight=False)
+        status = 1
+    except (EmbeddedPostgresError, PermissionError, psycopg.Error, WorkerError, OSError) as exc:
+        results.failure = _one_line(exc)
+        err.print(f"error: {results.failure}", markup=False, highlight=False)
+        status = 1
+    except KeyboardInterrupt:
+        results.failure = "interrupted"
+        err.print("interrupted", markup=False)
+        status = 130
+    results.seconds = time.perf_counter() - started
+    print_report(out, results)
+    if options.json_file is not None:
+        write_json(results, options.json_file)
+        err.print(f"figures written to {options.json_file}", markup=False, highlight=False)
+    if options.plot is not None and results.throughput:
+        write_plot(results, options.plot)
+        err.print(f"plot written to {options.plot}", markup=False, highlight=False)
+    return status
