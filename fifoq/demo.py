@@ -153,9 +153,8 @@ def _live_table(rows: list[QueueStats], rates: dict[tuple[str, str], float]) -> 
     for row in rows:
         done = row.total_completed + row.total_cancelled + row.total_timed_out
         done += row.total_abandoned
-        queue = row.action + (f" [{row.group}]" if row.group else "")
         table.add_row(
-            queue,
+            _queue_label(row.action, row.group),
             str(row.queue_length),
             str(row.active_count),
             "∞" if row.max_concurrent is None else str(row.max_concurrent),
@@ -181,6 +180,10 @@ class _Scenario:
 
     async def execute(self) -> _Run:
         run = self.run
+        # SIGTERM cancels like Ctrl-C does, so the workers are stopped in order.
+        main = asyncio.current_task()
+        assert main is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
         async with QueueManager.connect(self.dsn, name="fifoq demo", max_size=8) as qm:
             # Policies first: an execution enqueued before its policy exists
             # would be admitted under the default (unlimited).
@@ -360,6 +363,7 @@ class _Scenario:
         for row in limits:
             key = (row["action"], row["group"])
             queue = row["action"] + (f" [{row['group']}]" if row["group"] else "")
+            label = _queue_label(row["action"], row["group"])
             limit, highest = row["max_concurrent"], row["max_active"]
             order = fifo.get(key, {"out_of_order": 0, "overtaken": 0})
             fifo_ok = order["out_of_order"] == 0 and order["overtaken"] == 0
@@ -378,7 +382,7 @@ class _Scenario:
             if fig["abandoned"]:
                 run.problems.append(f"{queue}: {fig['abandoned']} executions were abandoned")
             table.add_row(
-                queue,
+                label,
                 "∞" if limit is None else str(limit),
                 Text(str(highest), style="red" if limit is not None and highest > limit else ""),
                 Text("ok" if fifo_ok else "BROKEN", style="green" if fifo_ok else "bold red"),
@@ -424,6 +428,11 @@ class _Scenario:
             f"{total} executions in {elapsed:.1f} s: {total / elapsed:.0f}/s end to end, "
             f"run by {len(owners)} worker processes ({spread})"
         )
+
+
+def _queue_label(action: str, group: str | None) -> Text:
+    # Text, not markup: "[web-1]" must not be read as a rich style tag.
+    return Text(action + (f" [{group}]" if group else ""))
 
 
 def _ms(seconds: float | None) -> str:
@@ -481,6 +490,9 @@ def run_demo(
         scenario = _Scenario(target, options, out, log_dir)
         try:
             run = asyncio.run(scenario.execute())
+        except (KeyboardInterrupt, asyncio.CancelledError):
+            out.print("interrupted: the worker processes were stopped")
+            return 130
         except BaseException:
             _show_logs(out, log_dir)
             raise

@@ -30,6 +30,7 @@ logger = logging.getLogger("fifoq.worker")
 _MAX_ERROR_CHARS = 64 * 1024  # an error text is for people; keep huge messages out of the row
 _COMPLETE_ATTEMPTS = 4
 _SETTLE_SECONDS = 5.0  # after the grace period: time for cancelled handlers to unwind
+_MAX_BACKOFF = 0.02  # longest pause of a worker that keeps losing claims to others
 
 
 class AppLoadError(Exception):
@@ -149,6 +150,7 @@ class Worker:
         self.completed = 0
         self._running: dict[int, _Running] = {}
         self._wake = asyncio.Event()
+        self._notified = False
         self._stopping = False
         self._force = asyncio.Event()
         self._ready = asyncio.Event()
@@ -240,6 +242,7 @@ class Worker:
 
         def on_work(action: str) -> None:
             if action in wanted:
+                self._notified = True
                 self._wake.set()
 
         qm.listen_for_work(on_work)
@@ -252,6 +255,7 @@ class Worker:
         )
         self._ready.set()
         failures = 0
+        backoff = 0.0
         while not self._stopping:
             free = self.concurrency - len(self._running)
             claimed: list[Execution] = []
@@ -259,6 +263,7 @@ class Worker:
                 # Cleared before claiming: a notification that arrives while
                 # the claim runs sets it again, so no wake-up is lost.
                 self._wake.clear()
+                notified, self._notified = self._notified, False
                 try:
                     claimed = await qm.claim(self.actions, free)
                     failures = 0
@@ -267,6 +272,14 @@ class Worker:
                     logger.warning("claim failed (%s); retrying", describe_error(exc))
                     await asyncio.sleep(min(0.1 * 2**failures, 2.0))
                     continue
+                # Every worker hears every admission. One that was notified but
+                # found nothing lost the race to another worker: it waits a
+                # little longer before the next claim (up to _MAX_BACKOFF), so
+                # busy workers are not slowed down by a herd of empty claims.
+                if claimed:
+                    backoff = 0.0
+                elif notified:
+                    backoff = min(max(backoff * 2, 0.001), _MAX_BACKOFF)
                 # Start each queue's executions in seq order: the claim's UPDATE ...
                 # RETURNING does not promise an order. (seq is per queue; sorting
                 # by it across queues keeps every queue's own order.)
@@ -274,9 +287,15 @@ class Worker:
                     self._start(qm, execution)
                 if claimed and len(claimed) == free:
                     continue  # there may be more admitted work than we took
+            else:
+                # Full: a finishing handler sets it again. Without clearing,
+                # wait() on a set event would return at once and spin.
+                self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(self.claim_interval):
                     await self._wake.wait()
+            if backoff and not self._stopping:
+                await asyncio.sleep(backoff)
 
     def _start(self, qm: QueueManager, execution: Execution) -> None:
         running = _Running(execution, self.app[execution.action])
