@@ -11,11 +11,11 @@ from fifoq import QueueManager, Status
 
 
 async def lock_waiters(dsn: str) -> int:
-    """Sessions of this database waiting for an advisory lock (a queue lock)."""
+    """Sessions of this database waiting for a lock (the queue lock, or a row lock)."""
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         cur = await conn.execute(
-            "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database"
-            " WHERE l.locktype = 'advisory' AND NOT l.granted AND d.datname = current_database()"
+            "SELECT count(*) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND wait_event_type = 'Lock'"
         )
         row = await cur.fetchone()
     assert row is not None
