@@ -192,17 +192,20 @@ def stats(
                     rows = await fetch(qm, action, group, snapshot=refresh)
                     print_json([to_jsonable(r) for r in rows], compact=True)
                     await asyncio.sleep(interval)
-            out = console()
-            with Live(console=out, auto_refresh=False) as live:
+
+            def frame(rows: list[QueueStats]) -> Table:
+                rates: dict[Any, float] = throughput.update(rows)
+                stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+                return stats_table(rows, rates, title=f"fifoq stats at {stamp} (Ctrl-C to stop)")
+
+            # The first frame exists before Live starts, so even an immediate
+            # Ctrl-C leaves a table behind (Live prints its last frame on exit).
+            first = frame(await fetch(qm, action, group, snapshot=refresh))
+            with Live(first, console=console(), auto_refresh=False) as live:
                 while True:
-                    rows = await fetch(qm, action, group, snapshot=refresh)
-                    rates: dict[Any, float] = throughput.update(rows)
-                    stamp = datetime.now().astimezone().strftime("%H:%M:%S")
-                    live.update(
-                        stats_table(rows, rates, title=f"fifoq stats at {stamp} (Ctrl-C to stop)"),
-                        refresh=True,
-                    )
                     await asyncio.sleep(interval)
+                    rows = await fetch(qm, action, group, snapshot=refresh)
+                    live.update(frame(rows), refresh=True)
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
         run(forever(), debug=debug, dsn=conninfo)

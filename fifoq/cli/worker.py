@@ -116,7 +116,6 @@ def worker(
     database. SIGTERM or Ctrl-C stops taking work and lets running handlers
     finish within --grace seconds; a second signal cancels them at once.
     """
-    setup_logging(LogLevel.debug if debug else log_level, log_json)
     try:
         app = load_app(app_spec)
     except AppLoadError as exc:
@@ -140,6 +139,9 @@ def worker(
         )
     except ValueError as exc:
         bad_value("--actions" if selected else "MODULE:APP", str(exc))
+
+    # Only now: usage errors above leave the process's logging alone.
+    setup_logging(LogLevel.debug if debug else log_level, log_json)
 
     async def go() -> None:
         await check_reachable(conninfo)

@@ -1,0 +1,359 @@
+"""The `fifoq` console script: commands, JSON output, exit codes and error messages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pty
+import queue
+import select
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import psycopg
+import pytest
+from conftest import HERE, fifoq_bin, run_cli
+from helpers import wait_until
+from psycopg import sql
+from psycopg.conninfo import make_conninfo
+from typer.testing import CliRunner
+
+from fifoq import QueueManager, Status
+from fifoq.cli import app
+from fifoq.migrations import migrations_dir
+
+MIGRATIONS = sorted(
+    p.stem for p in migrations_dir().glob("*.sql") if not p.name.endswith(".rollback.sql")
+)
+
+
+def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
+    """The stderr of a failed command, checked to be one `fifoq: error:` line."""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {result.stderr!r}"
+    assert lines[0].startswith("fifoq: error: "), lines[0]
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def empty_dsn(admin_dsn: str) -> Iterator[str]:
+    """A database without the fifoq schema."""
+    name = f"test_empty_{uuid.uuid4().hex}"
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield make_conninfo(admin_dsn, dbname=name)
+    finally:
+        with psycopg.connect(admin_dsn, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
+COMMANDS = [
+    [],
+    ["migrate"],
+    ["policy", "set"],
+    ["policy", "get"],
+    ["policy", "list"],
+    ["enqueue"],
+    ["get"],
+    ["complete"],
+    ["cancel"],
+    ["stats"],
+    ["worker"],
+    ["demo"],
+    ["bench"],
+]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "fifoq")
+def test_every_command_has_help_with_an_example(command: list[str]) -> None:
+    result = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    assert "Example" in result.output
+    if command and command != ["policy"]:
+        assert "--dsn" in result.output
+
+
+def test_console_script_help_and_version() -> None:
+    result = run_cli("--help")
+    assert result.returncode == 0
+    assert "enqueue" in result.stdout and "worker" in result.stdout
+    version = run_cli("--version")
+    assert version.returncode == 0
+    assert version.stdout.startswith("fifoq ")
+
+
+def test_migrate_sql_apply_and_rollback(empty_dsn: str) -> None:
+    shown = run_cli("migrate", "--sql", "--dsn", empty_dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert "CREATE TABLE fifoq.executions" in shown.stdout
+    # --sql changed nothing: the tables do not exist yet.
+    with psycopg.connect(empty_dsn) as conn:
+        row = conn.execute("SELECT to_regclass('fifoq.executions')").fetchone()
+        assert row == (None,)
+    applied = run_cli("migrate", "--dsn", empty_dsn)
+    assert applied.returncode == 0, applied.stderr
+    assert applied.stdout.startswith(f"applied {len(MIGRATIONS)} migration(s): {MIGRATIONS[0]}")
+    again = run_cli("migrate", "--dsn", empty_dsn)
+    assert again.returncode == 0
+    assert again.stdout.strip() == "schema fifoq is up to date"
+    back = run_cli("migrate", "--rollback", "--dsn", empty_dsn)
+    assert back.returncode == 0, back.stderr
+    assert f"rolled back {len(MIGRATIONS)} migration(s)" in back.stdout
+    with psycopg.connect(empty_dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'fifoq'").fetchone()
+        assert row == (0,)
+
+
+def test_missing_schema_is_one_line_that_says_to_migrate(empty_dsn: str) -> None:
+    result = run_cli("stats", "--dsn", empty_dsn)
+    assert result.returncode == 1
+    assert "fifoq migrate" in one_line_error(result)
+
+
+def test_policy_enqueue_complete_cancel_and_stats(dsn: str) -> None:
+    def cli_json(*args: str) -> object:
+        result = run_cli(*args, "--json", "--dsn", dsn)
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+    policy = cli_json("policy", "set", "cli.job", "--max-concurrent", "1", "--group-by", "host")
+    assert policy == {
+        "action": "cli.job",
+        "max_concurrent": 1,
+        "max_queue_length": 10000,
+        "queue_timeout": 3600.0,
+        "on_limit": "enqueue",
+        "group_by": ["host"],
+    }
+    got = cli_json("policy", "get", "cli.job")
+    assert isinstance(got, dict) and got["max_concurrent"] == 1
+    listed = cli_json("policy", "list")
+    assert isinstance(listed, list) and [p["action"] for p in listed] == ["cli.job"]
+
+    first = cli_json("enqueue", "cli.job", "--payload", '{"host": "a", "n": 1}')
+    second = cli_json("enqueue", "cli.job", "--payload", '{"host": "a", "n": 2}')
+    assert isinstance(first, dict) and isinstance(second, dict)
+    assert (first["status"], first["group"], first["seq"]) == ("active", "a", 1)
+    assert (second["status"], second["seq"]) == ("queued", 2)
+    assert first["owner"] is None  # the CLI does not own what it enqueues
+
+    done = cli_json("complete", str(first["id"]), "--result", '{"ok": true}')
+    assert isinstance(done, dict)
+    assert (done["status"], done["result"]) == ("succeeded", {"ok": True})
+    now = cli_json("get", str(second["id"]))
+    assert isinstance(now, dict) and now["status"] == "active"  # admitted by the completion
+
+    cancelled = cli_json("cancel", str(second["id"]))
+    assert cancelled == {"id": second["id"], "cancelled": True, "status": "cancelled"}
+    twice = cli_json("cancel", str(second["id"]))
+    assert twice == {"id": second["id"], "cancelled": False, "status": "cancelled"}
+
+    stats = cli_json("stats", "cli.job")
+    assert isinstance(stats, list) and len(stats) == 1
+    row = stats[0]
+    assert (row["action"], row["group"], row["max_concurrent"]) == ("cli.job", "a", 1)
+    assert (row["total_enqueued"], row["total_completed"], row["total_cancelled"]) == (2, 1, 1)
+    assert (row["queue_length"], row["active_count"]) == (0, 0)
+    snapshot = cli_json("stats", "--refresh")
+    assert isinstance(snapshot, list)
+    assert [(r["action"], r["total_enqueued"]) for r in snapshot] == [("cli.job", 2)]
+
+    table = run_cli("stats", "--dsn", dsn)
+    assert table.returncode == 0
+    assert "cli.job" in table.stdout and "live queue statistics" in table.stdout
+    failed = run_cli("enqueue", "cli.job", "--payload", '{"host": "b"}', "-q", "--dsn", dsn)
+    assert failed.returncode == 0
+    execution_id = failed.stdout.strip()
+    assert execution_id.isdigit()
+    text = run_cli("complete", execution_id, "--error", "disk full", "--dsn", dsn)
+    assert text.returncode == 0
+    assert "status       failed" in text.stdout
+    assert "error        disk full" in text.stdout
+
+
+USAGE_ERRORS = [
+    (["policy", "set", "x"], "--max-concurrent"),
+    (["enqueue", "x", "--payload", "{bad"], "--payload"),
+    (["complete", "1", "--result", "nope"], "--result"),
+    (["enqueue", "x", "--timeout", "3"], "--timeout"),
+    (["policy", "set", "x", "--max-concurrent", "1", "--queue-timeout", "soon"], "--queue-timeout"),
+    (["policy", "set", "x", "--max-concurrent", "1", "--on-limit", "drop"], "--on-limit"),
+    (["complete", "not-a-number"], "ID"),
+    (["stats", "--group", "g"], "needs ACTION"),
+    (["worker", "no_such_module_here:app"], "no_such_module_here"),
+    (["worker", "worker_apps:nothing"], "no attribute 'nothing'"),
+    (["worker", "worker_apps:app", "--actions", "e2e.nope"], "e2e.nope"),
+    (["frobnicate"], "frobnicate"),
+]
+NO_SERVER = "postgresql://nobody@127.0.0.1:1/none"  # nothing listens on port 1
+
+
+@pytest.mark.parametrize(("args", "needle"), USAGE_ERRORS, ids=lambda v: str(v))
+def test_usage_errors_exit_2_naming_what_is_wrong(
+    args: list[str], needle: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # In process (fast); these must fail before connecting anywhere.
+    monkeypatch.chdir(HERE)  # where worker_apps is
+    result = CliRunner().invoke(app, [*args, "--dsn", NO_SERVER], env={"COLUMNS": "200"})
+    assert result.exit_code == 2, result.output
+    assert needle in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_usage_errors_through_the_console_script_exit_2() -> None:
+    for args, needle in (USAGE_ERRORS[1], USAGE_ERRORS[-1]):
+        result = run_cli(*args, "--dsn", NO_SERVER)
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert needle in result.stderr
+        assert "Traceback" not in result.stderr
+
+
+def test_bad_policy_values_exit_2_with_one_line() -> None:
+    result = run_cli("policy", "set", "x", "--max-concurrent", "0", "--dsn", NO_SERVER)
+    assert result.returncode == 2
+    assert "max_concurrent must be between 1" in one_line_error(result)
+    bad_name = run_cli("enqueue", "bad\x07name", "--dsn", NO_SERVER)
+    assert bad_name.returncode == 2
+    assert "invalid action name" in one_line_error(bad_name)
+
+
+def test_runtime_errors_exit_1_with_one_line_and_traceback_only_with_debug(dsn: str) -> None:
+    unknown = run_cli("complete", "999999", "--dsn", dsn)
+    assert unknown.returncode == 1
+    assert one_line_error(unknown) == "fifoq: error: unknown execution 999999"
+    debug = run_cli("complete", "999999", "--dsn", dsn, "--debug")
+    assert debug.returncode == 1
+    assert "Traceback" in debug.stderr and "UnknownExecution" in debug.stderr
+
+
+def test_unreachable_server_is_one_line_and_never_shows_the_password() -> None:
+    secret = "s3cret-pw-9f2"
+    for dsn in (
+        f"postgresql://someone:{secret}@127.0.0.1:1/db",
+        f"host=127.0.0.1 port=1 user=someone password={secret} dbname=db",
+    ):
+        result = run_cli("stats", "--dsn", dsn)
+        assert result.returncode == 1
+        one_line_error(result)
+        assert secret not in result.stdout + result.stderr
+        from_env = run_cli("policy", "list", env={"FIFOQ_DSN": dsn})
+        assert from_env.returncode == 1
+        assert secret not in from_env.stdout + from_env.stderr
+
+
+async def test_enqueue_wait_returns_once_admitted_without_owning_it(dsn: str) -> None:
+    async with QueueManager.connect(dsn) as qm:
+        await qm.set_policy("cli.wait", max_concurrent=1)
+        blocker = await qm.enqueue("cli.wait")
+        with subprocess.Popen(
+            [fifoq_bin(), "enqueue", "cli.wait", "--wait", "--json", "--dsn", dsn],
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            out, err = await _wait_for_admission(qm, proc, blocker.id)
+        assert proc.returncode == 0, err
+        execution = json.loads(out)
+        assert execution["status"] == "active" and execution["owner"] is None
+        # The CLI exited; the execution is still active (not abandoned).
+        assert (await qm.get(execution["id"])).status is Status.ACTIVE
+
+
+async def _wait_for_admission(
+    qm: QueueManager, proc: subprocess.Popen[str], blocker_id: int
+) -> tuple[str, str]:
+    try:
+
+        async def queued_behind() -> bool:
+            return (await qm.stats("cli.wait")).queue_length == 1
+
+        await wait_until(queued_behind, 30, message="the CLI's execution is queued")
+        assert proc.poll() is None  # still waiting
+        await qm.complete(blocker_id)
+        return await asyncio.to_thread(proc.communicate, timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def _reader(stream: object) -> queue.Queue[str]:
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        for line in stream:  # type: ignore[attr-defined]
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
+
+
+def test_stats_watch_streams_json_until_ctrl_c(dsn: str) -> None:
+    with subprocess.Popen(
+        [fifoq_bin(), "stats", "--watch", "--json", "--interval", "0.1", "--dsn", dsn],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        _watch_json(proc, dsn)
+
+
+def _watch_json(proc: subprocess.Popen[str], dsn: str) -> None:
+    try:
+        lines = _reader(proc.stdout)
+        first = json.loads(lines.get(timeout=30))
+        assert first == []  # nothing enqueued yet
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("SELECT fifoq.enqueue('cli.watch', NULL, NULL, NULL)")
+        deadline = time.monotonic() + 30
+        while True:
+            rows = json.loads(lines.get(timeout=30))
+            if rows:
+                break
+            assert time.monotonic() < deadline
+        assert rows[0]["action"] == "cli.watch" and rows[0]["total_enqueued"] == 1
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_stats_watch_table_redraws_on_a_terminal_until_ctrl_c(dsn: str) -> None:
+    # A pseudo-terminal, so rich sees a terminal and redraws in place.
+    master, slave = pty.openpty()
+    with subprocess.Popen(
+        [fifoq_bin(), "stats", "--watch", "--interval", "0.1", "--dsn", dsn],
+        cwd=HERE,
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        env={**os.environ, "COLUMNS": "200", "TERM": "xterm"},
+    ) as proc:
+        os.close(slave)
+        try:
+            seen = b""
+            deadline = time.monotonic() + 30
+            # Two frames: it redraws, it does not just print once.
+            while seen.count(b"fifoq stats at") < 2:
+                assert time.monotonic() < deadline, f"no redraw within 30 s: {seen[-500:]!r}"
+                ready, _, _ = select.select([master], [], [], 0.5)
+                if ready:
+                    seen += os.read(master, 65536)
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            os.close(master)
+    assert b"\x1b[" in seen  # cursor movement: redrawn in place
