@@ -30,7 +30,7 @@ from .migrations import migrate
 from .models import Execution, QueueStats, Status
 from .worker import App
 
-__all__ = ["DemoOptions", "app", "run_demo"]
+__all__ = ["DemoOptions", "Verification", "app", "run_demo", "verify"]
 
 PREFIX = "demo."
 HOSTS = ("web-1", "web-2", "web-3", "db-1")
@@ -341,17 +341,9 @@ class _Scenario:
 
     async def _check(self) -> None:
         run = self.run
-        params = {"prefix": PREFIX + "%", "first_id": run.first_id}
-        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
-            cur = conn.cursor(row_factory=dict_row)
-            await cur.execute(_query("max_active"), params)
-            limits = await cur.fetchall()
-            await cur.execute(_query("fifo"), params)
-            fifo = {(r["action"], r["group"]): r for r in await cur.fetchall()}
-            await cur.execute(_query("figures"), params)
-            figures = await cur.fetchall()
-            await cur.execute(_query("workers"), params)
-            owners = await cur.fetchall()
+        checked = await verify(self.dsn, PREFIX, run.first_id)
+        run.problems.extend(checked.problems)
+        figures, owners = checked.figures, checked.owners
 
         table = Table(title="per queue, checked from fifoq.executions", title_justify="left")
         table.add_column("queue", no_wrap=True)
@@ -360,29 +352,16 @@ class _Scenario:
         table.add_column("wait p50", justify="right")
         table.add_column("wait p99", justify="right")
         by_queue = {(f["action"], f["group"]): f for f in figures}
-        for row in limits:
+        for row in checked.limits:
             key = (row["action"], row["group"])
-            queue = row["action"] + (f" [{row['group']}]" if row["group"] else "")
-            label = _queue_label(row["action"], row["group"])
             limit, highest = row["max_concurrent"], row["max_active"]
-            order = fifo.get(key, {"out_of_order": 0, "overtaken": 0})
+            order = checked.fifo.get(key, {"out_of_order": 0, "overtaken": 0})
             fifo_ok = order["out_of_order"] == 0 and order["overtaken"] == 0
-            if limit is not None and highest > limit:
-                run.problems.append(f"{queue}: {highest} active at once, limit {limit}")
-            if not fifo_ok:
-                run.problems.append(
-                    f"{queue}: {order['out_of_order']} started out of seq order, "
-                    f"{order['overtaken']} overtook a waiting execution"
-                )
             fig = by_queue.get(key)
             if fig is None:
                 continue
-            if fig["unfinished"]:
-                run.problems.append(f"{queue}: {fig['unfinished']} executions never finished")
-            if fig["abandoned"]:
-                run.problems.append(f"{queue}: {fig['abandoned']} executions were abandoned")
             table.add_row(
-                label,
+                _queue_label(row["action"], row["group"]),
                 "∞" if limit is None else str(limit),
                 Text(str(highest), style="red" if limit is not None and highest > limit else ""),
                 Text("ok" if fifo_ok else "BROKEN", style="green" if fifo_ok else "bold red"),
@@ -428,6 +407,57 @@ class _Scenario:
             f"{total} executions in {elapsed:.1f} s: {total / elapsed:.0f}/s end to end, "
             f"run by {len(owners)} worker processes ({spread})"
         )
+
+
+@dataclass
+class Verification:
+    """What :func:`verify` found in the database."""
+
+    limits: list[dict[str, Any]]
+    fifo: dict[tuple[str, str], dict[str, Any]]
+    figures: list[dict[str, Any]]
+    owners: list[dict[str, Any]]
+    problems: list[str]
+
+
+async def verify(dsn: str, prefix: str = PREFIX, first_id: int = 1) -> Verification:
+    """Check the queues of actions starting with ``prefix`` from fifoq's tables.
+
+    Problems: a queue that ever had more executions active than its limit
+    (from the started_at/finished_at intervals), one that started
+    executions out of seq order or while an earlier one still waited, and
+    executions (id >= ``first_id``) left unfinished or abandoned.
+    """
+    params = {"prefix": prefix + "%", "first_id": first_id}
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        await cur.execute(_query("max_active"), params)
+        limits = await cur.fetchall()
+        await cur.execute(_query("fifo"), params)
+        fifo = {(r["action"], r["group"]): r for r in await cur.fetchall()}
+        await cur.execute(_query("figures"), params)
+        figures = await cur.fetchall()
+        await cur.execute(_query("workers"), params)
+        owners = await cur.fetchall()
+    problems: list[str] = []
+    for row in limits:
+        queue = row["action"] + (f" [{row['group']}]" if row["group"] else "")
+        limit, highest = row["max_concurrent"], row["max_active"]
+        if limit is not None and highest > limit:
+            problems.append(f"{queue}: {highest} active at once, limit {limit}")
+        order = fifo.get((row["action"], row["group"]))
+        if order and (order["out_of_order"] or order["overtaken"]):
+            problems.append(
+                f"{queue}: {order['out_of_order']} started out of seq order, "
+                f"{order['overtaken']} started while an earlier one still waited"
+            )
+    for fig in figures:
+        queue = fig["action"] + (f" [{fig['group']}]" if fig["group"] else "")
+        if fig["unfinished"]:
+            problems.append(f"{queue}: {fig['unfinished']} executions never finished")
+        if fig["abandoned"]:
+            problems.append(f"{queue}: {fig['abandoned']} executions were abandoned")
+    return Verification(limits, fifo, figures, owners, problems)
 
 
 def _queue_label(action: str, group: str | None) -> Text:
