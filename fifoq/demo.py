@@ -307,6 +307,8 @@ class _Scenario:
                             f"a worker process exited early; see its log in {self.log_dir}"
                         )
                     await asyncio.sleep(0.25)
+        if not self.out.is_terminal:
+            self.out.line()  # Live ends its last frame without one when not on a terminal
         run.finished = time.monotonic()
         run.cancelled = await qm.get(long_build.id)
         run.timed_out = await qm.get(late.id)

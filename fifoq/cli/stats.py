@@ -201,11 +201,16 @@ def stats(
             # The first frame exists before Live starts, so even an immediate
             # Ctrl-C leaves a table behind (Live prints its last frame on exit).
             first = frame(await fetch(qm, action, group, snapshot=refresh))
-            with Live(first, console=console(), auto_refresh=False) as live:
-                while True:
-                    await asyncio.sleep(interval)
-                    rows = await fetch(qm, action, group, snapshot=refresh)
-                    live.update(frame(rows), refresh=True)
+            out = console()
+            try:
+                with Live(first, console=out, auto_refresh=False) as live:
+                    while True:
+                        await asyncio.sleep(interval)
+                        rows = await fetch(qm, action, group, snapshot=refresh)
+                        live.update(frame(rows), refresh=True)
+            finally:
+                if not out.is_terminal:
+                    out.line()  # Live ends its last frame without one when not on a terminal
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
         run(forever(), debug=debug, dsn=conninfo)

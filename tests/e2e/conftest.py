@@ -70,6 +70,7 @@ class Workers:
         """Start one and return once it logged that it is ready (policies applied)."""
         log = self.tmp_path / f"worker-{len(self.started) + 1}.log"
         with open(log, "wb") as out:
+            # --log-level debug first: a later --log-level in args wins.
             proc = subprocess.Popen(
                 [
                     fifoq_bin(),

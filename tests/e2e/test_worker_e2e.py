@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import psycopg
 from conftest import Workers
 from helpers import assert_fifo_and_limit, fetch_rows, wait_until
+from psycopg.conninfo import make_conninfo
 
 from fifoq import Execution, QueueManager, Status
 
@@ -214,3 +216,26 @@ async def test_worker_applies_the_apps_policies(dsn: str, workers: Workers) -> N
         policies = await cur.fetchall()
     # Only the selected actions' policies: a worker applies what it runs.
     assert policies == [("e2e.echo", 3), ("e2e.limit", 3)]
+
+
+async def test_worker_logs_json_lines_without_the_password(dsn: str, tmp_path: Path) -> None:
+    # The test server trusts local connections, so a password is accepted and unused.
+    secret = "topsecret-41c7"
+    with_password = make_conninfo(dsn, password=secret)
+    pool = Workers(with_password, tmp_path)
+    try:
+        worker = pool.start("--log-json", "--log-level", "info")
+        async with QueueManager.connect(dsn) as qm:
+            failing = await qm.enqueue("e2e.fail", {"n": 7})
+            await finished(qm, [failing.id])
+    finally:
+        pool.stop_all()
+    text = worker.log_text()
+    assert secret not in text
+    entries = [json.loads(line) for line in text.splitlines()]
+    ready = [e for e in entries if e["message"].startswith("worker ready")]
+    assert ready and "password=***" in ready[0]["message"]
+    assert {"time", "level", "logger", "message", "pid"} <= set(ready[0])
+    assert any(
+        e["logger"] == "fifoq.worker" and "ValueError: bad input 7" in e["message"] for e in entries
+    )
