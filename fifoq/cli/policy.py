@@ -26,6 +26,7 @@ from ._common import (
 policy_app = typer.Typer(
     name="policy",
     help="Set and show concurrency policies (per action, per pack 'pack.*', default '*').",
+    epilog="Example: fifoq policy set 'core.*' --max-concurrent 10;  fifoq policy list",
     no_args_is_help=True,
 )
 

@@ -239,3 +239,41 @@ async def test_worker_logs_json_lines_without_the_password(dsn: str, tmp_path: P
     assert any(
         e["logger"] == "fifoq.worker" and "ValueError: bad input 7" in e["message"] for e in entries
     )
+
+
+async def test_worker_finds_admitted_work_that_was_never_announced(
+    dsn: str, workers: Workers
+) -> None:
+    workers.start()
+    # An admitted execution written without NOTIFY (as if the notification
+    # was lost): only the worker's periodic claim can find it.
+    async with await psycopg.AsyncConnection.connect(dsn) as conn, conn.transaction():
+        cur = await conn.execute(
+            "INSERT INTO fifoq.queues (action) VALUES ('e2e.echo') "
+            "ON CONFLICT (action, group_key) DO UPDATE SET action = EXCLUDED.action "
+            "RETURNING id"
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        queue_id = row[0]
+        await conn.execute("SELECT pg_advisory_xact_lock(1718183537, %s)", (queue_id,))
+        cur = await conn.execute(
+            "UPDATE fifoq.queues SET last_seq = last_seq + 1, active_count = active_count + 1,"
+            " total_enqueued = total_enqueued + 1 WHERE id = %s RETURNING last_seq",
+            (queue_id,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        cur = await conn.execute(
+            "INSERT INTO fifoq.executions (seq, queue_id, status, started_at, payload)"
+            " VALUES (%s, %s, 'active', clock_timestamp(), '{\"silent\": true}')"
+            " RETURNING id",
+            (row[0], queue_id),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        silent_id = row[0]
+    async with QueueManager.connect(dsn) as qm:
+        (done,) = await finished(qm, [silent_id], timeout=10)
+    assert done.status is Status.SUCCEEDED
+    assert done.result == {"echo": {"silent": True}}
