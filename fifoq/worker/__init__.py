@@ -3,6 +3,15 @@
 from __future__ import annotations
 
 from .app import ActionSpec, App, Handler
-from .runtime import AppLoadError, Worker, describe_error, load_app
+from .runtime import AppLoadError, Worker, current_execution, describe_error, load_app
 
-__all__ = ["ActionSpec", "App", "AppLoadError", "Handler", "Worker", "describe_error", "load_app"]
+__all__ = [
+    "ActionSpec",
+    "App",
+    "AppLoadError",
+    "Handler",
+    "Worker",
+    "current_execution",
+    "describe_error",
+    "load_app",
+]

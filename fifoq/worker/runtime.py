@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -23,7 +24,7 @@ from ..manager import QueueManager
 from ..models import Execution, Status
 from .app import ActionSpec, App
 
-__all__ = ["AppLoadError", "Worker", "load_app"]
+__all__ = ["AppLoadError", "Worker", "current_execution", "load_app"]
 
 logger = logging.getLogger("fifoq.worker")
 
@@ -31,6 +32,18 @@ _MAX_ERROR_CHARS = 64 * 1024  # an error text is for people; keep huge messages 
 _COMPLETE_ATTEMPTS = 4
 _SETTLE_SECONDS = 5.0  # after the grace period: time for cancelled handlers to unwind
 _MAX_BACKOFF = 0.02  # longest pause of a worker that keeps losing claims to others
+
+
+_current: ContextVar[Execution] = ContextVar("fifoq_current_execution")
+
+
+def current_execution() -> Execution:
+    """The execution whose handler is running (call it from inside a handler).
+
+    Gives a handler its execution's id, group, seq and timestamps besides the
+    payload. Raises ``LookupError`` outside a handler.
+    """
+    return _current.get()
 
 
 class AppLoadError(Exception):
@@ -350,6 +363,7 @@ class Worker:
 
     async def _execute(self, qm: QueueManager, running: _Running) -> None:
         execution, spec = running.execution, running.spec
+        _current.set(execution)  # this task's own context: seen by this handler only
         result: Any = None
         error: str | None = None
         try:

@@ -41,7 +41,7 @@ async def test_results_and_failures_are_recorded(dsn: str, workers: Workers) -> 
         done = await finished(qm, [*echo, *fail, odd])
     for n, execution in enumerate(done[:5]):
         assert execution.status is Status.SUCCEEDED
-        assert execution.result == {"echo": {"n": n}}
+        assert execution.result == {"echo": {"n": n}, "id": execution.id}
         assert execution.error is None
     for n, execution in enumerate(done[5:7]):
         assert execution.status is Status.FAILED
@@ -276,4 +276,4 @@ async def test_worker_finds_admitted_work_that_was_never_announced(
     async with QueueManager.connect(dsn) as qm:
         (done,) = await finished(qm, [silent_id], timeout=10)
     assert done.status is Status.SUCCEEDED
-    assert done.result == {"echo": {"silent": True}}
+    assert done.result == {"echo": {"silent": True}, "id": silent_id}

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from fifoq import App
+from fifoq.worker import current_execution
 
 app = App("e2e")
 
@@ -19,8 +20,8 @@ def _mark(payload: dict[str, Any], event: str) -> None:
 
 @app.action("e2e.echo", max_concurrent=3)
 async def echo(payload: Any) -> dict[str, Any]:
-    """Return the payload."""
-    return {"echo": payload}
+    """Return the payload and the execution's id."""
+    return {"echo": payload, "id": current_execution().id}
 
 
 @app.action("e2e.fail", max_concurrent=2)
