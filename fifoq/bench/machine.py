@@ -11,7 +11,7 @@ import psycopg
 
 from .queries import query
 
-__all__ = ["Machine", "describe_machine"]
+__all__ = ["Machine", "describe_machine", "load_average", "process_tree_cpu"]
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class Machine:
     max_connections: str
     track_commit_timestamp: str
     location: str
+    load_average: str  # at the start; other work on the machine skews every figure
 
     def rows(self) -> list[tuple[str, str]]:
         """Label and value pairs for printing."""
@@ -48,6 +49,7 @@ class Machine:
             ("max_connections", self.max_connections),
             ("track_commit_timestamp", self.track_commit_timestamp),
             ("server", self.location),
+            ("load average at start", self.load_average),
         ]
 
 
@@ -102,4 +104,47 @@ def describe_machine(dsn: str, location: str) -> Machine:
         max_connections=max_conn,
         track_commit_timestamp=commit_ts,
         location=location,
+        load_average=load_average(),
     )
+
+
+def load_average() -> str:
+    """The 1, 5 and 15 minute load averages, or "unknown"."""
+    try:
+        one, five, fifteen = os.getloadavg()
+    except OSError:
+        return "unknown"
+    return f"{one:.2f} {five:.2f} {fifteen:.2f} (1, 5, 15 min)"
+
+
+def _stat_fields(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        # The command name (field 2) may hold spaces; it ends at the last ')'.
+        return f.read().rsplit(")", 1)[1].split()
+
+
+def process_tree_cpu(pid: int) -> float | None:
+    """CPU seconds used so far by a server process and all its children, ended ones included.
+
+    Reads /proc (Linux): the process's own time, the time of the children it
+    has reaped (cutime, cstime), and the time of its live children. The
+    difference of two readings is the server's CPU over that span. None where
+    /proc cannot be read.
+    """
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        # After ")": state ppid ... utime(12) stime(13) cutime(14) cstime(15), 0-based.
+        own = _stat_fields(pid)
+        total = sum(int(own[i]) for i in (11, 12, 13, 14))
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                fields = _stat_fields(int(entry))
+            except OSError:
+                continue  # ended meanwhile
+            if int(fields[1]) == pid:
+                total += int(fields[11]) + int(fields[12])
+    except (OSError, ValueError, IndexError):
+        return None
+    return total / tick

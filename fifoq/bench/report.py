@@ -61,6 +61,7 @@ class Results:
     storage: StorageResult | None = None
     failure: str | None = None  # a broken guarantee or an error that stopped the run
     seconds: float = 0.0
+    load_average_end: str = ""
 
     def targets(self) -> list[Target]:
         """The targets this run can judge, with their verdicts."""
@@ -156,6 +157,7 @@ class Results:
             "machine": dataclasses.asdict(self.machine) if self.machine else None,
             "options": self.options,
             "seconds": round(self.seconds, 3),
+            "load_average_end": self.load_average_end,
             "failure": self.failure,
             "throughput": [
                 {
@@ -299,6 +301,12 @@ def print_report(console: Console, results: Results) -> None:
             verdict = "[green]met[/]" if target.met else "[red]short[/]"
             table.add_row(target.name, target.goal, target.measured, verdict)
         console.print(table)
+    if results.seconds:
+        console.print(
+            f"  run took {results.seconds:.0f} s; load average at the end "
+            f"{results.load_average_end}",
+            style="dim",
+        )
 
 
 # -- plot -------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from ..embedded import EmbeddedPostgresError
 from .checks import GuaranteeViolated
-from .machine import describe_machine
+from .machine import describe_machine, load_average
 from .report import (
     PlotUnavailable,
     Results,
@@ -96,6 +97,8 @@ class BenchOptions:
     processes: tuple[int, ...]
     workloads: tuple[str, ...]
     repeat: int
+    server_settings: tuple[tuple[str, str], ...] = ()
+    debug: bool = False
 
     @property
     def sizes(self) -> Sizes:
@@ -113,6 +116,8 @@ class BenchOptions:
         processes: str | Sequence[int] = "1,3",
         workloads: str | Sequence[str] | None = None,
         repeat: int = 1,
+        server_settings: Sequence[str] = (),
+        debug: bool = False,
     ) -> BenchOptions:
         """Validate command-line values; ``BenchUsageError`` names what is wrong."""
         if isinstance(processes, str):
@@ -143,6 +148,17 @@ class BenchOptions:
             raise BenchUsageError(f"--repeat must be at least 1, got {repeat}")
         if dsn is not None and not dsn.strip():
             dsn = None
+        settings: list[tuple[str, str]] = []
+        for item in server_settings:
+            name, sep, value = item.partition("=")
+            if not sep or not re.fullmatch(r"[a-z_][a-z0-9_.]*", name.strip()):
+                raise BenchUsageError(f"--server-setting must look like NAME=VALUE, got {item!r}")
+            settings.append((name.strip(), value.strip()))
+        if settings and dsn is not None:
+            raise BenchUsageError(
+                "--server-setting applies to the embedded server only; set it on the server "
+                "given by --dsn yourself"
+            )
         return cls(
             dsn=dsn,
             quick=quick,
@@ -151,6 +167,8 @@ class BenchOptions:
             processes=tuple(sorted(set(counts))),
             workloads=chosen,
             repeat=repeat,
+            server_settings=tuple(settings),
+            debug=debug,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -160,6 +178,7 @@ class BenchOptions:
             "processes": list(self.processes),
             "workloads": list(self.workloads),
             "repeat": self.repeat,
+            "server_settings": dict(self.server_settings),
             "sizes": self.sizes.__dict__,
         }
 
@@ -273,7 +292,7 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
     started = time.perf_counter()
     status = 0
     try:
-        with BenchServer(options.dsn) as server:
+        with BenchServer(options.dsn, settings=dict(options.server_settings)) as server:
             results.machine = describe_machine(server.admin_dsn, server.location)
             print_machine(out, results.machine)
             with Progress(
@@ -287,12 +306,16 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
                 asyncio.run(_run_workloads(server, options, results, steps))
                 steps.finish()
     except GuaranteeViolated as exc:
+        if options.debug:
+            raise
         results.failure = str(exc)
         err.print(f"[bold red]GUARANTEE VIOLATED in workload {exc.workload}:[/]")
         for violation in exc.violations:
             err.print(f"  [red]{violation}[/]", markup=True, highlight=False)
         status = 1
     except (EmbeddedPostgresError, PermissionError, psycopg.Error, WorkerError, OSError) as exc:
+        if options.debug:
+            raise
         results.failure = _one_line(exc)
         err.print(f"error: {results.failure}", markup=False, highlight=False)
         status = 1
@@ -301,6 +324,7 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
         err.print("interrupted", markup=False)
         status = 130
     results.seconds = time.perf_counter() - started
+    results.load_average_end = load_average()
     print_report(out, results)
     if options.json_file is not None:
         write_json(results, options.json_file)

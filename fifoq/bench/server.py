@@ -40,8 +40,9 @@ class BenchServer:
     dropped on exit. A given server therefore needs a role with CREATEDB.
     """
 
-    def __init__(self, dsn: str | None) -> None:
+    def __init__(self, dsn: str | None, *, settings: dict[str, str] | None = None) -> None:
         self._given = dsn
+        self._settings = {**EMBEDDED_SETTINGS, **(settings or {})}
         self._embedded: EmbeddedPostgres | None = None
         self.admin_dsn = ""
         self.location = ""
@@ -52,7 +53,7 @@ class BenchServer:
 
     def __enter__(self) -> BenchServer:
         if self._given is None:
-            self._embedded = EmbeddedPostgres(durable=True, settings=EMBEDDED_SETTINGS)
+            self._embedded = EmbeddedPostgres(durable=True, settings=self._settings)
             self._embedded.start()
             self.admin_dsn = self._embedded.dsn
             self.location = self._embedded.description
@@ -88,6 +89,17 @@ class BenchServer:
             if self._embedded is not None:
                 self._embedded.stop()
                 self._embedded = None
+
+    @property
+    def server_pid(self) -> int | None:
+        """The postmaster's pid when the benchmark started the server (for its CPU time)."""
+        if self._embedded is None or self._embedded.directory is None:
+            return None
+        try:
+            text = (self._embedded.directory / "data" / "postmaster.pid").read_text()
+            return int(text.split()[0])
+        except (OSError, ValueError, IndexError):
+            return None
 
     @property
     def embedded(self) -> bool:

@@ -15,6 +15,7 @@ import psycopg
 
 from ..manager import QueueManager
 from .checks import GuaranteeViolated, Violation, check_database
+from .machine import process_tree_cpu
 from .queries import query
 from .server import BenchServer
 from .workers import WorkerGroup, WorkerSpec
@@ -93,6 +94,12 @@ class Throughput:
     connections_per_process: int
     rates: list[float] = field(default_factory=list)
     ceiling_rates: list[float] = field(default_factory=list)
+    # CPU microseconds per execution (client processes, server processes),
+    # per run; the server's only when the benchmark started it.
+    client_cpu_us: list[float] = field(default_factory=list)
+    server_cpu_us: list[float] = field(default_factory=list)
+    ceiling_client_cpu_us: list[float] = field(default_factory=list)
+    ceiling_server_cpu_us: list[float] = field(default_factory=list)
 
     @property
     def executions(self) -> int:
@@ -209,11 +216,25 @@ def _window_rate(dsn: str, name: str, expected: int) -> float:
     return float(executions) / (float(last) - float(first))
 
 
-async def _run_group(specs: list[WorkerSpec]) -> list[dict[str, Any]]:
+@dataclass(frozen=True)
+class _GroupRun:
+    results: list[dict[str, Any]]
+    client_cpu: float  # seconds, all processes of the group
+    server_cpu: float | None  # seconds, all server processes (embedded server only)
+
+
+async def _run_group(specs: list[WorkerSpec], server_pid: int | None = None) -> _GroupRun:
     async with WorkerGroup(specs) as group:
         await group.ready()
+        before = process_tree_cpu(server_pid) if server_pid else None
         group.go()
-        return await group.results()
+        results = await group.results()
+        after = process_tree_cpu(server_pid) if server_pid else None
+    return _GroupRun(
+        results=results,
+        client_cpu=sum(float(r.get("cpu_seconds", 0.0)) for r in results),
+        server_cpu=after - before if after is not None and before is not None else None,
+    )
 
 
 # -- throughput -------------------------------------------------------------------
@@ -260,13 +281,17 @@ async def run_throughput(
             step(f"ceiling: {what}")
             with psycopg.connect(dsn, autocommit=True) as conn:
                 conn.execute(query("ceiling_table"), {})
-            await _run_group(
+            ceiling = await _run_group(
                 [
                     WorkerSpec("ceiling", dsn, connections=connections, total=share)
                     for share in _split(total, processes)
-                ]
+                ],
+                server.server_pid,
             )
             result.ceiling_rates.append(_window_rate(dsn, "ceiling_window", total))
+            result.ceiling_client_cpu_us.append(ceiling.client_cpu / total * 1e6)
+            if ceiling.server_cpu is not None:
+                result.ceiling_server_cpu_us.append(ceiling.server_cpu / total * 1e6)
 
             step(f"fifoq: {what}")
             _set_policies(dsn, names, limit)
@@ -281,8 +306,11 @@ async def run_throughput(
                 )
                 for p in range(processes)
             ]
-            await _run_group(specs)
+            run_ = await _run_group(specs, server.server_pid)
             result.rates.append(_window_rate(dsn, "throughput_window", total))
+            result.client_cpu_us.append(run_.client_cpu / total * 1e6)
+            if run_.server_cpu is not None:
+                result.server_cpu_us.append(run_.server_cpu / total * 1e6)
             _verify(dsn, f"{workload} ({what})", expected_succeeded=total)
     return result
 

@@ -5,12 +5,6 @@ from typing import Annotated
 
 import typer
 
-_EPILOG = (
-    "Example: fifoq bench --quick; "
-    "fifoq bench --repeat 3 --json bench.json --plot bench.png; "
-    "fifoq bench --dsn postgresql://me@db/postgres --workloads throughput,handoff"
-)
-
 
 def bench(
     dsn: Annotated[
@@ -18,12 +12,17 @@ def bench(
         typer.Option(
             "--dsn",
             envvar="FIFOQ_DSN",
-            help="Server to measure (needs CREATEDB: each workload gets a scratch database, "
-            "dropped afterwards). Default: a throwaway embedded PostgreSQL with durable commits.",
+            show_envvar=True,
+            metavar="CONNINFO",
+            help="Server to measure (its role needs CREATEDB: each workload runs in a scratch "
+            "database, dropped afterwards). Default: a throwaway embedded PostgreSQL with "
+            "durable commits, removed afterwards.",
+            show_default=False,
         ),
     ] = None,
     quick: Annotated[
-        bool, typer.Option("--quick", help="Shrink every workload so the run takes seconds (tests).")
+        bool,
+        typer.Option("--quick", help="Shrink every workload so the run takes seconds (tests)."),
     ] = False,
     json_file: Annotated[
         Path | None,
@@ -34,7 +33,8 @@ def bench(
         typer.Option(
             "--plot",
             metavar="FILE.png",
-            help="Draw throughput against process count and limit (needs fifoq[bench]).",
+            help="Draw throughput against process count and limit (needs matplotlib, "
+            "the bench extra).",
         ),
     ] = None,
     processes: Annotated[
@@ -48,6 +48,7 @@ def bench(
             metavar="A,B",
             help="Workloads to run (default: all): throughput, many_queues, handoff, cancel, "
             "stats, storage. The insert+update ceiling runs with throughput and many_queues.",
+            show_default=False,
         ),
     ] = None,
     repeat: Annotated[
@@ -56,13 +57,28 @@ def bench(
             "--repeat", min=1, help="Run each throughput workload N times; report the median."
         ),
     ] = 1,
+    server_setting: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--server-setting",
+            metavar="NAME=VALUE",
+            help="A setting for the embedded server, e.g. synchronous_commit=off to see what "
+            "the commit flush costs (repeatable; not with --dsn).",
+            show_default=False,
+        ),
+    ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="Show the full traceback when something fails.")
+    ] = False,
 ) -> None:
-    """Measure fifoq's throughput, hand-off and cancel latency, stats cost and storage.
+    """Measure throughput, hand-off and cancel latency, stats cost and storage per execution.
 
-    Every throughput figure is also printed as a ratio of the server's own
-    insert+update ceiling measured in the same run. FIFO order and the
-    limit are checked from the database after every workload; a violation
-    exits with status 1.
+    Throughput is also printed as a ratio of the server's own insert+update
+    ceiling, measured in the same run. FIFO order, the limit and the queue
+    counters are checked from the database after every workload; a
+    violation exits with status 1.
+
+    Example: fifoq bench --repeat 3 --json bench.json --plot bench.png
     """
     # Imported here so that `fifoq --help` does not pay for the benchmark code.
     from fifoq.bench.runner import BenchOptions, BenchUsageError, run
@@ -76,10 +92,9 @@ def bench(
             processes=processes,
             workloads=workloads,
             repeat=repeat,
+            server_settings=server_setting or (),
+            debug=debug,
         )
     except BenchUsageError as exc:
         raise typer.BadParameter(str(exc)) from None
     raise typer.Exit(run(options))
-
-
-bench.__doc__ = f"{bench.__doc__}\n\n{_EPILOG}"

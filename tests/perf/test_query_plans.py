@@ -1,0 +1,253 @@
+"""EXPLAIN guard: the hot queries keep using the indexes made for them.
+
+The plans are those of the real statements inside fifoq's functions, caught
+with auto_explain (log_nested_statements) while the functions run, so the
+guard follows the function bodies instead of copies of their SQL. The table
+holds 50,000 finished executions, so a lost index shows as a sequential scan
+or another index, and an index regression fails here instead of in
+production.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from fifoq.queries import query
+
+HISTORY_PER_QUEUE = 2_500
+ACTIONS = 20
+
+_SETUP = """
+SELECT count(fifoq.set_policy('perf.' || a, 2, 100000)) FROM generate_series(1, %(actions)s) a;
+SELECT count(fifoq.set_policy('perf.bare', 5, 100000));
+SELECT count(fifoq.ensure_queue('perf.' || a, '')) FROM generate_series(1, %(actions)s) a;
+-- Finished history, written directly: the rows every hot query must not scan.
+INSERT INTO fifoq.executions (queue_id, seq, status, enqueued_at, started_at, finished_at)
+SELECT q.id, s.n, 'succeeded', now() - interval '1 day', now() - interval '1 day',
+       now() - interval '1 day'
+FROM fifoq.queues q CROSS JOIN generate_series(1, %(history)s) AS s(n);
+UPDATE fifoq.queues
+SET last_seq = %(history)s, total_enqueued = %(history)s, total_succeeded = %(history)s;
+"""
+
+_LIVE = """
+-- Per action two active and twenty waiting executions, owned by one executor;
+-- five admitted ones nobody owns (for claim) and five waiting behind them.
+SELECT count(fifoq.enqueue('perf.' || a, NULL, NULL, %(executor)s))
+FROM generate_series(1, %(actions)s) a, generate_series(1, 22) n;
+SELECT count(fifoq.enqueue('perf.bare', NULL, NULL, NULL)) FROM generate_series(1, 10);
+"""
+
+
+def _set_up(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        params = {"actions": ACTIONS, "history": HISTORY_PER_QUEUE}
+        for statement in _SETUP.split(";\n"):
+            if statement.strip():
+                conn.execute(statement, params)
+        row = conn.execute("SELECT fifoq.register_executor('perf', 'test', 0, 3600)").fetchone()
+        assert row is not None
+        executor = int(row[0])
+        for statement in _LIVE.split(";\n"):
+            if statement.strip():
+                conn.execute(statement, {**params, "executor": executor})
+        conn.execute("ANALYZE fifoq.executions")
+        conn.execute("ANALYZE fifoq.queues")
+    return executor
+
+
+class PlanCatcher:
+    """A connection whose statements, nested ones included, report their plans."""
+
+    def __init__(self, conn: psycopg.Connection[Any]) -> None:
+        self.conn = conn
+        self.plans: list[dict[str, Any]] = []
+        conn.add_notice_handler(self._on_notice)
+
+    def _on_notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        message = diag.message_primary or ""
+        _, found, body = message.partition("plan:\n")
+        if found:
+            self.plans.append(json.loads(body))
+
+    def run(self, sql: str, params: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        """Run a statement; the plans of everything it executed."""
+        self.plans.clear()
+        self.conn.execute(sql, params or {})  # type: ignore[arg-type]
+        return list(self.plans)
+
+
+@pytest.fixture
+def setup(dsn: str) -> Iterator[tuple[PlanCatcher, int]]:
+    """A database with history and live executions, and a plan-catching connection."""
+    executor = _set_up(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.Error as exc:
+            pytest.skip(f"auto_explain cannot be loaded here: {exc}")
+        for name, value in {
+            "auto_explain.log_min_duration": "0",
+            "auto_explain.log_nested_statements": "on",
+            "auto_explain.log_format": "json",
+            "client_min_messages": "log",
+        }.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        yield PlanCatcher(conn), executor
+
+
+def _normal(text: str) -> str:
+    return re.sub(r"\s+", " ", text)
+
+
+def _select(plans: list[dict[str, Any]], *needles: str) -> list[dict[str, Any]]:
+    return [p for p in plans if all(n in _normal(p["Query Text"]) for n in needles)]
+
+
+def _index_names(node: dict[str, Any]) -> Iterator[str]:
+    if "Index Name" in node:
+        yield node["Index Name"]
+    for child in node.get("Plans", []):
+        yield from _index_names(child)
+
+
+def _scans(node: dict[str, Any]) -> Iterator[tuple[str, str, str | None]]:
+    """(node type, relation, index) of every scan in a plan tree.
+
+    A bitmap heap scan names the relation; its bitmap index scans below it
+    name the index (one when the plan uses one index).
+    """
+    if "Relation Name" in node:
+        index = node.get("Index Name")
+        if node["Node Type"] == "Bitmap Heap Scan":
+            index = ",".join(sorted(set(_index_names(node))))
+        yield node["Node Type"], node["Relation Name"], index
+    for child in node.get("Plans", []):
+        if node["Node Type"] != "Bitmap Heap Scan":
+            yield from _scans(child)
+
+
+def _assert_uses(
+    plans: list[dict[str, Any]], index: str, what: str, *, also: tuple[str, ...] = ()
+) -> None:
+    """Every plan reads fifoq.executions through ``index`` (and only it, or ``also``)."""
+    assert plans, f"{what}: statement not seen; if its function changed, update this guard"
+    allowed = {index, *also}
+    for plan in plans:
+        scans = [s for s in _scans(plan["Plan"]) if s[1] == "executions" and s[0] != "ModifyTable"]
+        text = _normal(plan["Query Text"])[:200]
+        assert any(s[2] == index for s in scans), (
+            f"{what} should read fifoq.executions through {index}, but its plan scans "
+            f"{scans}: {text}"
+        )
+        assert all(s[2] in allowed for s in scans), (
+            f"{what} reads fifoq.executions outside {sorted(allowed)}: {scans}: {text}"
+        )
+
+
+def _active_id(catcher: PlanCatcher, action: str) -> int:
+    row = catcher.conn.execute(
+        "SELECT id FROM fifoq.execution_details WHERE action = %s AND status = 'active' "
+        "ORDER BY seq LIMIT 1",
+        (action,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+# plpgsql switches to a generic plan after five executions: run six, so both
+# the custom and the generic plans are checked.
+ROUNDS = 6
+
+
+def test_admission_uses_the_queue_head_index(setup: tuple[PlanCatcher, int]) -> None:
+    catcher, _ = setup
+    plans: list[dict[str, Any]] = []
+    for _ in range(ROUNDS):
+        victim = _active_id(catcher, "perf.1")
+        plans += catcher.run("SELECT fifoq.complete(%(id)s, NULL, NULL)", {"id": victim})
+    _assert_uses(
+        _select(plans, "status = 'queued'", "FOR UPDATE SKIP LOCKED"),
+        "executions_queue_head",
+        "the queue-head query of fifoq.admit",
+    )
+    _assert_uses(
+        _select(plans, "SELECT 1 FROM fifoq.executions g"),
+        "executions_queue_head",
+        "the gap check of fifoq.admit",
+    )
+    _assert_uses(
+        _select(plans, "SELECT queue_id", "WHERE id = p_id"),
+        "executions_pkey",
+        "the execution lookup by id of fifoq.complete",
+    )
+
+
+def test_deadline_scan_uses_the_deadline_index(setup: tuple[PlanCatcher, int]) -> None:
+    catcher, _ = setup
+    plans: list[dict[str, Any]] = []
+    for _ in range(ROUNDS):
+        plans += catcher.run("SELECT fifoq.maintain()")
+    _assert_uses(
+        _select(plans, "e.deadline <= clock_timestamp()", "SELECT DISTINCT"),
+        "executions_deadline",
+        "the queue-timeout scan of fifoq.maintain",
+    )
+
+
+def test_claim_uses_the_unclaimed_index(setup: tuple[PlanCatcher, int]) -> None:
+    catcher, executor = setup
+    plans: list[dict[str, Any]] = []
+    for _ in range(ROUNDS - 1):  # five admitted ones to claim
+        plans += catcher.run(
+            "SELECT * FROM fifoq.claim(%(executor)s, ARRAY['perf.bare'], 1)",
+            {"executor": executor},
+        )
+    _assert_uses(
+        _select(plans, "SELECT DISTINCT e.queue_id", "e.owner IS NULL"),
+        "executions_unclaimed",
+        "the scan for admitted, unowned executions of fifoq.claim",
+    )
+    _assert_uses(
+        _select(plans, "SELECT u.id FROM fifoq.executions u"),
+        "executions_unclaimed",
+        "the per-queue pick of fifoq.claim",
+        also=("executions_pkey",),  # the UPDATE finds the picked rows by id
+    )
+
+
+def _explain(catcher: PlanCatcher, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+    row = catcher.conn.execute(f"EXPLAIN (FORMAT JSON) {sql}", params).fetchone()  # type: ignore[arg-type]
+    assert row is not None
+    plan: dict[str, Any] = row[0][0]
+    plan["Query Text"] = sql
+    return plan
+
+
+def test_lookup_by_id_uses_the_primary_key(setup: tuple[PlanCatcher, int]) -> None:
+    catcher, _ = setup
+    _assert_uses(
+        [_explain(catcher, query("get"), {"id": _active_id(catcher, "perf.2")})],
+        "executions_pkey",
+        "QueueManager.get",
+    )
+
+
+def test_stats_read_the_queue_head_not_the_history(setup: tuple[PlanCatcher, int]) -> None:
+    catcher, _ = setup
+    # The live stats view and the query the materialized view refreshes from:
+    # one index probe per queue for its oldest waiter, never the history.
+    _assert_uses(
+        [_explain(catcher, query("stats_live_all"), {})],
+        "executions_queue_head",
+        "the live stats (fifoq.queue_stats_live)",
+    )
+    plans = catcher.run("SELECT fifoq.refresh_stats()")
+    refresh = [p for p in plans if any(s[1] == "executions" for s in _scans(p["Plan"]))]
+    _assert_uses(refresh, "executions_queue_head", "the refresh of fifoq.queue_stats")
