@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-from conftest import HERE, fifoq_bin, run_cli
+from e2e_support import HERE, fifoq_bin, run_cli
 from helpers import wait_until
 from psycopg import sql
 from psycopg.conninfo import make_conninfo

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import psycopg
-from conftest import run_cli
+from e2e_support import run_cli
 
 from fifoq.demo import verify
 

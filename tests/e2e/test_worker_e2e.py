@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import psycopg
-from conftest import Workers
+from e2e_support import Workers
 from helpers import assert_fifo_and_limit, fetch_rows, wait_until
 from psycopg.conninfo import make_conninfo
 
