@@ -538,7 +538,10 @@ BEGIN
         PERFORM pg_terminate_backend(l.pid)
         FROM pg_locks l
         WHERE l.locktype = 'advisory' AND l.classid = 1718183538 AND l.objid = v_key::oid
-          AND l.objsubid = 2 AND l.granted AND l.pid <> pg_backend_pid();
+          AND l.objsubid = 2 AND l.granted AND l.pid <> pg_backend_pid()
+          -- pg_locks covers every database, and executor ids restart at 1 in
+          -- each: only this database's sessions hold our lock.
+          AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database());
     END IF;
     UPDATE fifoq.executors SET heartbeat_at = clock_timestamp()
     WHERE id = p_executor AND ended_at IS NULL;

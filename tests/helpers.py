@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import sys
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -207,3 +208,19 @@ async def counts(dsn: str) -> dict[str, Any]:
     assert row is not None
     keys = ("executions", "queues", "policies", "queue_rows", "execution_rows", "policy_rows")
     return dict(zip(keys, row, strict=True))
+
+
+def dump_tasks(reason: str) -> str:
+    """The stacks of every asyncio task of the running loop, to see what a hung test waits on."""
+    lines = [f"--- asyncio tasks ({reason}) ---"]
+    for task in asyncio.all_tasks():
+        lines.append(f"task {task.get_name()}: {task.get_coro()!r}")
+        for frame in task.get_stack(limit=40):
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
+    return "\n".join(lines)
+
+
+async def watchdog(after: float) -> None:
+    """Print :func:`dump_tasks` to stderr if still running ``after`` seconds from now."""
+    await asyncio.sleep(after)
+    print(dump_tasks(f"test still running after {after} s"), file=sys.stderr, flush=True)

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+import uuid
+from typing import Any
 
 import psycopg
 from helpers import fetch_rows, wait_until
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fifoq import QueueManager, Status
 
@@ -144,3 +148,44 @@ async def test_a_lost_notification_is_caught_by_the_heartbeat_poll(dsn: str) -> 
         assert started.id == waiting_id and started.status is Status.ACTIVE
         assert started.started_at is not None
         assert woke_in < 4 * qm.poll_interval
+
+
+async def test_reconnecting_listener_ends_only_stale_sessions_of_its_own_database(
+    dsn: str, admin_dsn: str
+) -> None:
+    """Executor ids restart at 1 in every database; the stale-session cleanup must not cross."""
+    other_db = f"test_other_{uuid.uuid4().hex}"
+    async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as admin:
+        await admin.execute(
+            sql.SQL("CREATE DATABASE {} TEMPLATE {}").format(
+                sql.Identifier(other_db),
+                sql.Identifier(conninfo_to_dict(dsn)["dbname"]),  # already migrated
+            )
+        )
+    other_dsn = make_conninfo(dsn, dbname=other_db)
+    try:
+        async with QueueManager.connect(other_dsn, name="bystander") as bystander:
+            bystander_pid = bystander.listener_backend_pid
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as stale:
+                # A session of this database still holding the listener lock of
+                # executor 1 (the first one of a fresh database), as a
+                # half-open old listener would.
+                await stale.execute("SELECT pg_advisory_lock(1718183538, 1)")
+                async with QueueManager.connect(dsn, name="newcomer") as qm:
+                    assert qm.executor_id == bystander.executor_id == 1
+                    assert stale.closed or stale.broken or await _is_terminated(stale)
+            assert bystander.listener_backend_pid == bystander_pid
+            assert bystander._listener is not None and bystander._listener.reconnects == 0
+    finally:
+        async with await psycopg.AsyncConnection.connect(admin_dsn, autocommit=True) as admin:
+            await admin.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(other_db))
+            )
+
+
+async def _is_terminated(conn: psycopg.AsyncConnection[Any]) -> bool:
+    try:
+        await conn.execute("SELECT 1")
+    except psycopg.OperationalError:
+        return True
+    return False

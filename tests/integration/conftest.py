@@ -2,11 +2,27 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
+from helpers import watchdog
 
 from fifoq import QueueManager
+
+# A test that runs this long is stuck: print what every task waits on
+# (pytest-timeout, which fires later, shows threads only).
+WATCHDOG_SECONDS = 120.0
+
+
+@pytest.fixture(autouse=True)
+async def _watchdog() -> AsyncIterator[None]:
+    task = asyncio.create_task(watchdog(WATCHDOG_SECONDS))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 @pytest.fixture
