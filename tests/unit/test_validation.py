@@ -77,7 +77,9 @@ def test_to_json_limit_counts_utf8_bytes() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", [object(), {1}, math.nan, math.inf, {"k": b"x"}, {(1, 2): 3}], ids=repr
+    "value",
+    [object(), {1}, math.nan, math.inf, {"k": b"x"}, {(1, 2): 3}],
+    ids=["object", "set", "nan", "inf", "bytes", "tuple-key"],
 )
 def test_to_json_refuses_what_json_cannot_hold(value: Any) -> None:
     with pytest.raises(InvalidInput) as info:
