@@ -138,6 +138,12 @@ class QueueManager:
     async def open(self) -> None:
         """Open the pool, register this executor and start its listener."""
         if self._own_pool:
+            # One direct connection first: an unreachable server or a bad
+            # password fails at once with libpq's message, not after the
+            # pool's 30 s wait.
+            conninfo, kwargs = await self._listener_params()
+            probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
+            await probe.close()
             await self._pool.open(wait=True)
         try:
             self.executor_id = await self._register()
@@ -519,7 +525,10 @@ class QueueManager:
     def _on_status(self, execution_id: int, status: Status, at: datetime | None) -> None:
         callbacks = self._callbacks.get(execution_id)
         if not callbacks:
-            if status is not Status.QUEUED:
+            # Kept for a waiter that subscribes a moment later (see _wait).
+            # Only what a waiter can still learn: succeeded and failed come
+            # after a start it already saw (a worker's own completions).
+            if status not in (Status.QUEUED, Status.SUCCEEDED, Status.FAILED):
                 self._early[execution_id] = (status, at)
                 while len(self._early) > _EARLY_LIMIT:
                     self._early.popitem(last=False)

@@ -489,17 +489,15 @@ BEGIN
     LOOP
         EXIT WHEN v_taken >= p_limit;
         CONTINUE WHEN NOT fifoq.try_lock_queue(v_queue.queue_id);
+        -- One row at a time in seq order (executions_unclaimed), so the
+        -- result lists each queue's executions in the order they were admitted.
         FOR v_id IN
-            UPDATE fifoq.executions e
-            SET owner = p_executor
-            WHERE e.id IN (
-                SELECT u.id FROM fifoq.executions u
-                WHERE u.queue_id = v_queue.queue_id AND u.status = 'active' AND u.owner IS NULL
-                ORDER BY u.seq
-                LIMIT p_limit - v_taken
-            )
-            RETURNING e.id
+            SELECT u.id FROM fifoq.executions u
+            WHERE u.queue_id = v_queue.queue_id AND u.status = 'active' AND u.owner IS NULL
+            ORDER BY u.seq
+            LIMIT p_limit - v_taken
         LOOP
+            UPDATE fifoq.executions SET owner = p_executor WHERE id = v_id;
             v_taken := v_taken + 1;
             RETURN QUERY SELECT * FROM fifoq.execution_details WHERE id = v_id;
         END LOOP;
