@@ -1,0 +1,81 @@
+"""The basic API: what executions, results and statistics look like."""
+
+from __future__ import annotations
+
+import asyncio
+
+from helpers import fetch_rows, wait_until
+
+from fifoq import QueueManager, Status
+
+
+async def test_an_execution_carries_its_fields_through_its_life(qm: QueueManager) -> None:
+    payload = {"host": "a", "n": [1, 2], "text": "ünï"}
+    ex = await qm.enqueue_and_wait("api.fields", payload)
+    assert (ex.action, ex.group, ex.seq, ex.status) == ("api.fields", None, 1, Status.ACTIVE)
+    assert ex.payload == payload and ex.owner == qm.executor_id
+    assert ex.started_at is not None and ex.started_at >= ex.enqueued_at
+    assert ex.finished_at is None and ex.result is None and ex.error is None
+
+    done = await qm.complete(ex.id, result={"ok": True, "list": [None, 1.5]})
+    assert done.status is Status.SUCCEEDED
+    assert done.result == {"ok": True, "list": [None, 1.5]}
+    assert done.finished_at is not None and done.finished_at >= ex.started_at
+    assert await qm.get(ex.id) == done
+
+
+async def test_an_error_makes_it_failed(qm: QueueManager) -> None:
+    ex = await qm.enqueue("api.fail")
+    failed = await qm.complete(ex.id, error="boom: it broke")
+    assert (failed.status, failed.error, failed.result) == (Status.FAILED, "boom: it broke", None)
+    stats = await qm.stats("api.fail")
+    assert (stats.total_completed, stats.total_failed) == (1, 1)
+
+
+async def test_stats_of_a_queue_never_used_are_zero_with_the_policy_limit(
+    qm: QueueManager,
+) -> None:
+    await qm.set_policy("api.*", max_concurrent=4)
+    stats = await qm.stats("api.unused", group="g")
+    assert (stats.action, stats.group, stats.max_concurrent) == ("api.unused", "g", 4)
+    assert (stats.queue_length, stats.active_count, stats.total_enqueued) == (0, 0, 0)
+    assert stats.oldest_enqueued_at is None
+
+
+async def test_snapshot_has_one_row_per_queue_and_only_changes_on_refresh(
+    qm: QueueManager,
+) -> None:
+    await qm.enqueue("api.one")
+    await qm.enqueue("api.two", group="x")
+    await qm.enqueue("api.two", group="y")
+    assert await qm.snapshot_stats() == []  # never refreshed since the template was made
+    await qm.refresh_stats()
+    snapshot = await qm.snapshot_stats()
+    assert [(s.action, s.group) for s in snapshot] == [
+        ("api.one", None),
+        ("api.two", "x"),
+        ("api.two", "y"),
+    ]
+    await qm.enqueue("api.three")
+    assert len(await qm.snapshot_stats()) == 3
+    assert len(await qm.live_stats()) == 4
+
+
+async def test_a_waiter_whose_task_is_cancelled_gives_up_its_place(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("api.leave", max_concurrent=1)
+    blocker = await qm.enqueue("api.leave")
+    waiting = asyncio.create_task(qm.enqueue_and_wait("api.leave"))
+
+    async def queued() -> bool:
+        return any(r.status == "queued" for r in await fetch_rows(dsn, "api.leave"))
+
+    await wait_until(queued, message="waiter queued")
+    waiting.cancel()
+    await asyncio.gather(waiting, return_exceptions=True)
+    rows = await fetch_rows(dsn, "api.leave")
+    assert [r.status for r in rows] == ["active", "cancelled"]
+    # Its slot-to-be is not taken by a ghost: the next one starts after the blocker.
+    await qm.complete(blocker.id)
+    assert (await qm.enqueue("api.leave")).status is Status.ACTIVE
