@@ -10,7 +10,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import psycopg
 from psycopg.rows import dict_row
@@ -21,13 +21,33 @@ T = TypeVar("T")
 # timestamps taken inside one server are exact; no tolerance is needed.
 
 
+@overload
 async def wait_until(
-    predicate: Callable[[], T | Awaitable[T]],
+    predicate: Callable[[], Awaitable[T]],
+    timeout: float = ...,
+    *,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+@overload
+async def wait_until(
+    predicate: Callable[[], T],
+    timeout: float = ...,
+    *,
+    interval: float = ...,
+    message: str = ...,
+) -> T: ...
+
+
+async def wait_until(
+    predicate: Callable[[], Any],
     timeout: float = 5.0,
     *,
     interval: float = 0.01,
     message: str = "condition",
-) -> T:
+) -> Any:
     """Poll ``predicate`` (sync or async) until it returns something truthy; return that.
 
     Raises AssertionError naming ``message`` if ``timeout`` seconds pass first.
@@ -38,7 +58,7 @@ async def wait_until(
         if inspect.isawaitable(value):
             value = await value
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
             raise AssertionError(f"{message} not reached within {timeout} s (last: {value!r})")
         await asyncio.sleep(interval)

@@ -158,20 +158,25 @@ async def test_the_database_refuses_invalid_policies_from_sql_callers(
     qm: QueueManager, dsn: str
 ) -> None:
     # The SQL function checks too: a trigger or another language gets the same rules.
-    cases = [
-        ("'x.y', 0", "max_concurrent"),
-        ("'x.y', 1, -1", "max_queue_length"),
-        ("'x.y', 1, 10, 'NaN'::float8", "queue_timeout"),
-        ("'x.y', 1, 10, 'infinity'::float8", "queue_timeout"),
-        ("'x.y', 1, 10, 1.0, 'drop'", "on_limit"),
-        ("'x.y', 1, 10, 1.0, 'enqueue', ARRAY['']", "group_by"),
-        ("E'x\\ny', 1", "action name"),
+    good: tuple[Any, ...] = ("x.y", 1, 10, 1.0, "enqueue", [])
+    cases: list[tuple[int, Any, str]] = [  # (argument position, bad value, named field)
+        (1, 0, "max_concurrent"),
+        (2, -1, "max_queue_length"),
+        (3, math.nan, "queue_timeout"),
+        (3, math.inf, "queue_timeout"),
+        (4, "drop", "on_limit"),
+        (5, [""], "group_by"),
+        (0, "x\ny", "action name"),
     ]
     before = await counts(dsn)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for args, field in cases:
+        for position, bad, field in cases:
+            args = list(good)
+            args[position] = bad
             with pytest.raises(psycopg.Error) as info:
-                await conn.execute(f"SELECT fifoq.set_policy({args})")  # type: ignore[arg-type]
+                await conn.execute(
+                    "SELECT fifoq.set_policy(%s, %s, %s, %s::float8, %s, %s::text[])", args
+                )
             assert info.value.sqlstate == "FQ400"
             assert field in (info.value.diag.message_primary or "")
     assert await counts(dsn) == before
@@ -229,14 +234,14 @@ async def test_bad_results_are_refused_and_leave_the_execution_active(
 ) -> None:
     execution = await small.enqueue("bad.result")
     for result in (NotJson(), {"big": "x" * 100}, math.nan):
-        await assert_refused(
-            dsn, lambda r=result: small.complete(execution.id, result=r), InvalidInput, "result"
-        )
+
+        async def complete(result: Any = result) -> Any:
+            return await small.complete(execution.id, result=result)
+
+        await assert_refused(dsn, complete, InvalidInput, "result")
+    not_text: Any = 42
     await assert_refused(
-        dsn,
-        lambda: small.complete(execution.id, error=42),
-        InvalidInput,
-        "error",  # type: ignore[arg-type]
+        dsn, lambda: small.complete(execution.id, error=not_text), InvalidInput, "error"
     )
     assert (await small.get(execution.id)).status is Status.ACTIVE
 
