@@ -1,0 +1,94 @@
+"""A TCP proxy for the fault tests that can black-hole its connections without closing them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Pipe:
+    """One proxied client connection and its upstream connection."""
+
+    client: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter
+    upstream_port: int  # our local port towards the server = client_port in pg_stat_activity
+    blackholed: bool = False
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+
+class BlackholeProxy:
+    """Forwards 127.0.0.1:<port> to a PostgreSQL server; ``blackhole()`` makes pipes go silent.
+
+    A black-holed pipe keeps both sockets open and reads what either side
+    sends, but forwards nothing: to both ends it looks like a peer that
+    vanished without a FIN or RST (a half-open connection). New connections
+    are forwarded normally unless ``refuse_new`` is set.
+    """
+
+    def __init__(self, upstream_host: str, upstream_port: int) -> None:
+        self.upstream_host = upstream_host
+        self.upstream_port = upstream_port
+        self.pipes: list[Pipe] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> BlackholeProxy:
+        self._server = await asyncio.start_server(self._accept, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for pipe in self.pipes:
+            for task in pipe.tasks:
+                task.cancel()
+            for writer in (pipe.client, pipe.upstream):
+                writer.close()
+        for pipe in self.pipes:
+            for task in pipe.tasks:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            for writer in (pipe.client, pipe.upstream):
+                with contextlib.suppress(OSError):
+                    await writer.wait_closed()
+        await self._server.wait_closed()
+
+    def blackhole(self, *, upstream_ports: set[int] | None = None) -> list[Pipe]:
+        """Silence the open pipes (all, or those with these upstream ports); returns them."""
+        chosen = [
+            p for p in self.pipes if upstream_ports is None or p.upstream_port in upstream_ports
+        ]
+        for pipe in chosen:
+            pipe.blackholed = True
+        return chosen
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_connection(
+                self.upstream_host, self.upstream_port
+            )
+        except OSError:
+            writer.close()
+            return
+        pipe = Pipe(writer, up_writer, up_writer.get_extra_info("sockname")[1])
+        self.pipes.append(pipe)
+        pipe.tasks = [
+            asyncio.create_task(self._pump(pipe, reader, up_writer)),
+            asyncio.create_task(self._pump(pipe, up_reader, writer)),
+        ]
+
+    @staticmethod
+    async def _pump(pipe: Pipe, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                if pipe.blackholed:
+                    continue  # swallowed: the packets "never arrive"
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, OSError):
+            pass
+        if not pipe.blackholed:
+            writer.close()
