@@ -191,10 +191,17 @@ class EmbeddedPostgres:
         )
 
     def start(self) -> None:
-        """Create a cluster with initdb and start the server; return once it accepts connections."""
+        """Create a cluster with initdb and start the server; return once it accepts connections.
+
+        After ``stop(keep_data=True)`` it starts the same cluster again, on the
+        same port, so clients can reconnect with the DSN they had.
+        """
         if self._proc is not None:
             return
         bindir = self.bindir
+        if self._root is not None and self._port is not None:
+            self._launch_and_wait(bindir, port=self._port)
+            return
         self._user = _unprivileged_user() if os.geteuid() == 0 else None
         parent = self._parent or _scratch_parent(self.durable)
         _reap_orphans(Path(parent))
@@ -224,8 +231,12 @@ class EmbeddedPostgres:
             self.stop()
             raise
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stop the server (fast shutdown, then kill) and remove its directory. Idempotent."""
+    def stop(self, timeout: float = 30.0, *, keep_data: bool = False) -> None:
+        """Stop the server (fast shutdown, then kill) and remove its directory. Idempotent.
+
+        With ``keep_data`` the directory and port are kept, and ``start()``
+        brings the same server back (a restart, e.g. for fault tests).
+        """
         proc, self._proc = self._proc, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGINT)  # "fast" shutdown: abort sessions, checkpoint, exit
@@ -234,6 +245,8 @@ class EmbeddedPostgres:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        if keep_data:
+            return
         if self._root is not None:
             shutil.rmtree(self._root, ignore_errors=True)
             self._root = None
@@ -274,13 +287,14 @@ class EmbeddedPostgres:
             args += ["-c", f"{name}={value}"]
         return args
 
-    def _launch_and_wait(self, bindir: Path, attempts: int = 3) -> None:
-        """Start postgres on a free port; retry when another process took the port first."""
+    def _launch_and_wait(self, bindir: Path, attempts: int = 3, port: int | None = None) -> None:
+        """Start postgres on a free port (or the given one); retry when the port was taken."""
         assert self._root is not None
         log_path = self._root / "postgres.log"
+        fixed_port = port
         for _ in range(attempts):
             log_start = log_path.stat().st_size if log_path.exists() else 0
-            port = _free_port()
+            port = fixed_port or _free_port()
             with open(log_path, "ab") as log:
                 # A new session keeps a terminal's Ctrl-C away from the server:
                 # shutting it down is stop()'s job.

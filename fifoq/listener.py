@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -35,6 +36,17 @@ StatusCallback = Callable[[int, Status, datetime | None], None]
 def executor_channel(executor_id: int) -> str:
     """The NOTIFY channel on which an executor hears about its executions."""
     return f"fifoq_executor_{executor_id}"
+
+
+def _shutdown_socket(conn: psycopg.AsyncConnection[Any]) -> None:
+    """Shut the connection's socket down so that a read pending on it fails now."""
+    # fromfd duplicates the descriptor: closing the copy leaves psycopg's own
+    # descriptor to psycopg; shutdown acts on the socket both refer to.
+    with (
+        contextlib.suppress(OSError, psycopg.Error),
+        socket.fromfd(conn.pgconn.socket, socket.AF_INET, socket.SOCK_STREAM) as sock,
+    ):
+        sock.shutdown(socket.SHUT_RDWR)
 
 
 def parse_status_payload(payload: str) -> tuple[int, Status, datetime | None]:
@@ -190,15 +202,28 @@ class Listener:
                 self._dispatch(notify)
 
     async def _heartbeat(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        async with asyncio.timeout(self._timeout):
-            with wrap_database_errors():
-                cur = await conn.execute(
-                    query("heartbeat"),
-                    {"executor": self.executor_id, "watching": list(self._watched())},
-                )
-                rows = await cur.fetchall()
-        for execution_id, status in rows:
+        beat = asyncio.ensure_future(self._heartbeat_query(conn))
+        done, _ = await asyncio.wait({beat}, timeout=self._timeout)
+        if not done:
+            # A silent connection (half-open: the server or a middlebox went
+            # away without closing it). Cancelling the query would make psycopg
+            # send a cancel request and wait up to 10 s for an answer that never
+            # comes -- longer than the lease. Shutting the socket down makes the
+            # pending read fail at once instead.
+            _shutdown_socket(conn)
+            with contextlib.suppress(Exception):
+                await beat
+            raise TimeoutError(f"no heartbeat answer within {self._timeout:g} s")
+        for execution_id, status in beat.result():
             self._on_status(execution_id, Status(status), None)
+
+    async def _heartbeat_query(self, conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+        with wrap_database_errors():
+            cur = await conn.execute(
+                query("heartbeat"),
+                {"executor": self.executor_id, "watching": list(self._watched())},
+            )
+            return await cur.fetchall()
 
     def _dispatch(self, notify: psycopg.Notify) -> None:
         try:

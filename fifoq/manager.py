@@ -48,6 +48,9 @@ logger = logging.getLogger("fifoq")
 StatusCallback = Callable[[Status, datetime | None], None]
 
 _counter = itertools.count(1)
+# The server ended the session before the statement finished (so it did not
+# commit): admin_shutdown (pg_terminate_backend), crash_shutdown, cannot_connect_now.
+_CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
 
 
@@ -615,11 +618,16 @@ class QueueManager:
                     ):
                         await cur.execute(sql_text, params)
                         return await cur.fetchall()
-                except psycopg.OperationalError:
-                    # A pooled connection that died while idle (server restart,
-                    # pg_terminate_backend) fails before running anything: try
-                    # once more on a fresh one. The pool discards the broken one.
-                    if attempt >= 1 or pooled is None or not pooled.broken:
+                except psycopg.OperationalError as exc:
+                    # A pooled connection that died (server restart,
+                    # pg_terminate_backend) fails without committing anything:
+                    # try again on another one. The pool discards broken ones;
+                    # after a restart every idle one may be dead, hence up to
+                    # max_size + 1 attempts.
+                    lost = pooled is not None and (
+                        pooled.broken or exc.sqlstate in _CONNECTION_ENDED
+                    )
+                    if attempt >= self._pool.max_size or not lost:
                         raise
-                    logger.info("pooled connection was broken; retrying on a new one")
+                    logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
         raise AssertionError("unreachable")
