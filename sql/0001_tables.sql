@@ -149,3 +149,6 @@ COMMENT ON COLUMN fifoq.executors.ended_at IS 'When it closed or was reaped; NUL
 
 CREATE INDEX executors_alive ON fifoq.executors (heartbeat_at) WHERE ended_at IS NULL;
 COMMENT ON INDEX fifoq.executors_alive IS 'Live executors by last heartbeat (reaping).';
+
+CREATE INDEX executors_ended ON fifoq.executors (ended_at) WHERE ended_at IS NOT NULL;
+COMMENT ON INDEX fifoq.executors_ended IS 'Recently ended executors (the maintenance sweep of what they still own).';

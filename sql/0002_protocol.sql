@@ -698,6 +698,26 @@ BEGIN
         END;
     END LOOP;
 
+    -- 2b. Sweep: anything still queued or active under an executor that
+    --     ended in the last ten minutes is abandoned too. It catches an
+    --     execution given to an executor in the instant it was being reaped
+    --     or closed (the owner check of executions_owner_alive reads the
+    --     executor row without a lock, so such an insert can commit just
+    --     after the reaper looked), and a reaping cut short by lock_timeout.
+    FOR v_executor IN
+        SELECT x.id FROM fifoq.executors x
+        WHERE x.ended_at > clock_timestamp() - interval '10 minutes'
+          AND EXISTS (SELECT 1 FROM fifoq.executions e
+                      WHERE e.owner = x.id AND e.status IN ('queued', 'active'))
+        ORDER BY x.id
+    LOOP
+        BEGIN
+            v_abandoned := v_abandoned + fifoq.abandon_owned(v_executor);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;
+        END;
+    END LOOP;
+
     -- 3. Work conservation: admit wherever a queue has waiters and a free
     --    slot. Normally nothing is found; this repairs what an aborted
     --    transaction or a policy change left behind.
