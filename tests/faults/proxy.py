@@ -31,6 +31,8 @@ class BlackholeProxy:
         self.upstream_host = upstream_host
         self.upstream_port = upstream_port
         self.pipes: list[Pipe] = []
+        self.refuse_new = False
+        self.refused = 0
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -66,6 +68,10 @@ class BlackholeProxy:
         return chosen
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.refuse_new:
+            self.refused += 1
+            writer.close()  # the client sees the server close the connection at once
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(
                 self.upstream_host, self.upstream_port
