@@ -1,9 +1,10 @@
-"""The executor role of scripts/executor_role.sql runs fifoq and nothing more; passwords never leak."""
+"""The role of scripts/executor_role.sql runs fifoq and nothing more; passwords never leak."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import traceback
 import uuid
 from collections.abc import Iterator
@@ -108,9 +109,11 @@ REFUSED = [
 
 @pytest.mark.parametrize("statement", REFUSED)
 def test_executor_role_is_refused_ddl_and_other_schemas(executor_dsn: str, statement: str) -> None:
-    with psycopg.connect(executor_dsn, autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(statement)  # type: ignore[arg-type]  # fixed test statements
+    with (
+        psycopg.connect(executor_dsn, autocommit=True) as conn,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        conn.execute(statement)  # type: ignore[arg-type]  # fixed test statements
 
 
 def assert_no_secret(secret: str, caplog: pytest.LogCaptureFixture, *errors: BaseException) -> None:
@@ -130,11 +133,10 @@ async def test_password_never_in_connect_errors(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     password = str(conninfo_to_dict(executor_dsn)["password"])
-    with socket_closed_port() as port:
-        unreachable = make_conninfo(executor_dsn, port=str(port), connect_timeout="2")
-        with pytest.raises((FifoqError, psycopg.Error, OSError)) as failed:
-            async with QueueManager.connect(unreachable, name="nowhere"):
-                pass
+    unreachable = make_conninfo(executor_dsn, port=str(closed_port()), connect_timeout="2")
+    with pytest.raises((FifoqError, psycopg.Error, OSError)) as failed:
+        async with QueueManager.connect(unreachable, name="nowhere"):
+            pass
     assert_no_secret(password, caplog, failed.value)
 
 
@@ -174,16 +176,9 @@ async def qm_waiting(qm: QueueManager) -> bool:
     return (await qm.stats("lp.r")).queue_length == 1
 
 
-class socket_closed_port:  # noqa: N801  (used like a function)
-    """A localhost port with nothing listening on it, for the duration of the block."""
-
-    def __enter__(self) -> int:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        return port
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def closed_port() -> int:
+    """A localhost port that nothing listens on (bound a moment, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
