@@ -24,6 +24,9 @@ __all__ = [
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_NAME_LENGTH = 255
 _INT4_MAX = 2**31 - 1
+# About 31 years. A longer timeout would overflow PostgreSQL's interval and
+# timestamp types when the deadline is computed, failing every enqueue.
+MAX_QUEUE_TIMEOUT = 1e9
 
 
 def _name_problem(name: object) -> str | None:
@@ -111,6 +114,11 @@ def check_policy(
             raise InvalidPolicy(
                 f"invalid policy for action {name!r}: queue_timeout must be a positive "
                 f"number of seconds, got {queue_timeout!r}"
+            )
+        if timeout > MAX_QUEUE_TIMEOUT:
+            raise InvalidPolicy(
+                f"invalid policy for action {name!r}: queue_timeout must be at most "
+                f"{MAX_QUEUE_TIMEOUT:.0f} seconds (None waits forever), got {queue_timeout!r}"
             )
     if on_limit not in ("enqueue", "reject"):
         raise InvalidPolicy(

@@ -773,6 +773,11 @@ BEGIN
     ELSIF p_queue_timeout IS NOT NULL AND NOT (p_queue_timeout > 0 AND p_queue_timeout < 'infinity') THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
             MESSAGE = format('invalid policy for action %L: queue_timeout must be a positive number of seconds, got %s', p_action, p_queue_timeout);
+    ELSIF p_queue_timeout > 1e9 THEN
+        -- Deadlines are clock_timestamp() + queue_timeout seconds: far beyond
+        -- this the interval or the timestamp overflows and every enqueue fails.
+        RAISE EXCEPTION USING ERRCODE = 'FQ400',
+            MESSAGE = format('invalid policy for action %L: queue_timeout must be at most 1000000000 seconds (NULL waits forever), got %s', p_action, p_queue_timeout);
     ELSIF p_on_limit IS NULL OR p_on_limit NOT IN ('enqueue', 'reject') THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
             MESSAGE = format('invalid policy for action %L: on_limit must be ''enqueue'' or ''reject'', got %L', p_action, p_on_limit);
