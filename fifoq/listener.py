@@ -49,6 +49,16 @@ def _shutdown_socket(conn: psycopg.AsyncConnection[Any]) -> None:
         sock.shutdown(socket.SHUT_RDWR)
 
 
+async def _abandon(conn: psycopg.AsyncConnection[Any], query_task: asyncio.Task[Any]) -> None:
+    """Make a query stuck on ``conn`` fail now and wait until its task is done."""
+    _shutdown_socket(conn)
+    await asyncio.wait({query_task}, timeout=1.0)
+    if not query_task.done():
+        query_task.cancel()
+    elif not query_task.cancelled():
+        query_task.exception()  # the failure we caused: retrieved, not logged by asyncio
+
+
 def parse_status_payload(payload: str) -> tuple[int, Status, datetime | None]:
     """Decode ``'<id> <status> <epoch>'`` as sent by ``fifoq.notify_owner``."""
     parts = payload.split(" ")
@@ -202,17 +212,21 @@ class Listener:
                 self._dispatch(notify)
 
     async def _heartbeat(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        beat = asyncio.ensure_future(self._heartbeat_query(conn))
-        done, _ = await asyncio.wait({beat}, timeout=self._timeout)
+        beat = asyncio.create_task(self._heartbeat_query(conn))
+        try:
+            done, _ = await asyncio.wait({beat}, timeout=self._timeout)
+        except asyncio.CancelledError:
+            # Stopping: end the query the same way, and let it finish before
+            # the connection is closed (its socket must not outlive it).
+            await _abandon(conn, beat)
+            raise
         if not done:
             # A silent connection (half-open: the server or a middlebox went
             # away without closing it). Cancelling the query would make psycopg
             # send a cancel request and wait up to 10 s for an answer that never
             # comes -- longer than the lease. Shutting the socket down makes the
             # pending read fail at once instead.
-            _shutdown_socket(conn)
-            with contextlib.suppress(Exception):
-                await beat
+            await _abandon(conn, beat)
             raise TimeoutError(f"no heartbeat answer within {self._timeout:g} s")
         for execution_id, status in beat.result():
             self._on_status(execution_id, Status(status), None)

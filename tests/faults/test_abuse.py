@@ -200,7 +200,7 @@ async def test_thousands_of_queues_keep_maintenance_and_stats_fast_and_right(dsn
 
         async def timed(query: str) -> float:
             start = time.perf_counter()
-            await conn.execute(query)  # type: ignore[arg-type]
+            await conn.execute(query)
             return time.perf_counter() - start
 
         # maintain() finds nothing to do, but looks at every queue.

@@ -94,7 +94,7 @@ async def test_terminations_soak(dsn: str) -> None:
 
 async def test_half_open_listener_is_detected_replaced_and_its_waiter_woken(dsn: str) -> None:
     params = conninfo_to_dict(dsn)
-    async with BlackholeProxy(str(params["host"]), int(params["port"])) as proxy:
+    async with BlackholeProxy(str(params["host"]), int(str(params["port"]))) as proxy:
         proxied = make_conninfo(dsn, host="127.0.0.1", port=str(proxy.port))
         async with (
             QueueManager.connect(dsn, name="holder", poll_interval=0.2) as holder,

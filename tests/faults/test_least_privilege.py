@@ -29,7 +29,7 @@ def executor_dsn(dsn: str) -> Iterator[str]:
     role = f"fq_exec_{uuid.uuid4().hex[:12]}"
     password = f"pw-{uuid.uuid4().hex}"
     with psycopg.connect(dsn, autocommit=True) as owner:
-        owner.execute(SCRIPT.read_text())  # type: ignore[arg-type]  # a trusted file
+        owner.execute(SCRIPT.read_text())  # a trusted file of ours
         owner.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE fifoq_executor").format(
                 sql.Identifier(role), sql.Literal(password)
@@ -113,7 +113,7 @@ def test_executor_role_is_refused_ddl_and_other_schemas(executor_dsn: str, state
         psycopg.connect(executor_dsn, autocommit=True) as conn,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
-        conn.execute(statement)  # type: ignore[arg-type]  # fixed test statements
+        conn.execute(statement)  # fixed statements of this test
 
 
 def assert_no_secret(secret: str, caplog: pytest.LogCaptureFixture, *errors: BaseException) -> None:

@@ -33,6 +33,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from fifoq import (
@@ -192,7 +193,7 @@ class FifoqMachine(RuleBasedStateMachine):
         # Start every example from an empty schema (DELETE: the tables are tiny,
         # and TRUNCATE costs more than the whole example).
         for table in ("executions", "queues", "policies", "executors"):
-            self.conn.execute(f"DELETE FROM fifoq.{table}")  # type: ignore[arg-type]
+            self.conn.execute(sql.SQL("DELETE FROM fifoq.{}").format(sql.Identifier(table)))
         self.model = Model()
         self.fakes = [self._register_fake(), self._register_fake()]
         self.dead: list[int] = []
@@ -333,7 +334,8 @@ class FifoqMachine(RuleBasedStateMachine):
         # Prefer active executions, but also try finished and waiting ones: a
         # wrong transition must fail and free nothing.
         active = [e.id for e in self.model.live("active")]
-        pool = active if active and data.draw(st.booleans()) else list(self.model.executions)
+        prefer_active: bool = data.draw(st.booleans())
+        pool = active if active and prefer_active else list(self.model.executions)
         execution_id = data.draw(st.sampled_from(pool))
         error = "boom" if failed else None
 
