@@ -638,4 +638,4 @@ def test_random_operations_match_the_reference_model(dsn: str) -> None:
 
 @pytest.mark.soak
 def test_random_operations_match_the_reference_model_soak(dsn: str) -> None:
-    _run(dsn, max_examples=1000, steps=80)
+    _run(dsn, max_examples=300, steps=60)
