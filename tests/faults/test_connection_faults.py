@@ -87,6 +87,7 @@ async def test_terminated_listener_and_pooled_connections_lose_nothing(dsn: str)
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(600)  # longer than the suite-wide 300 s
 async def test_terminations_soak(dsn: str) -> None:
     terminated = await run_with_terminations(dsn, executions=5000, seed=11)
     print(f"\nterminations: {terminated}")

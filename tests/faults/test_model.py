@@ -637,5 +637,6 @@ def test_random_operations_match_the_reference_model(dsn: str) -> None:
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(1800)  # longer than the suite-wide 300 s
 def test_random_operations_match_the_reference_model_soak(dsn: str) -> None:
     _run(dsn, max_examples=300, steps=60)

@@ -249,5 +249,6 @@ async def test_sigkill_of_executors_and_workers_loses_nothing_and_keeps_the_guar
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(900)  # longer than the suite-wide 300 s
 async def test_sigkill_soak_ten_thousand_executions(dsn: str, tmp_path: Path) -> None:
     await kill_run(dsn, tmp_path, target=10_000, seed=int.from_bytes(os.urandom(2)), kill_every=0.7)

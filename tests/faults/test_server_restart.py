@@ -91,6 +91,7 @@ async def test_server_restart_mid_run_loses_nothing(server: EmbeddedPostgres) ->
 
 
 @pytest.mark.soak
+@pytest.mark.timeout(600)  # longer than the suite-wide 300 s
 async def test_server_restart_soak(server: EmbeddedPostgres) -> None:
     figures = await restart_run(server, per_caller=400, restarts=10)
     print(f"\nrestart run: {figures}")
