@@ -5,10 +5,13 @@ from __future__ import annotations
 import asyncio
 import math
 import re
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import psycopg
@@ -268,6 +271,28 @@ async def _run_workloads(
         results.storage = await run_storage(server, queued=s.storage_queued, step=step)
 
 
+def _console(*, stderr: bool) -> Console:
+    """A console; 120 columns when not a terminal, so the tables do not wrap in files."""
+    console = Console(stderr=stderr)
+    if not console.is_terminal:
+        console = Console(stderr=stderr, width=120)
+    return console
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+_Handler = Callable[[int, FrameType | None], Any] | int | None
+
+
+def _on_sigterm(handler: _Handler) -> _Handler:
+    """Install a SIGTERM handler (main thread only); returns the previous one."""
+    if handler is None or threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, handler)
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip() or type(exc).__name__
     return text.splitlines()[0]
@@ -280,8 +305,8 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
     violations are printed), or when the run could not proceed; 0 otherwise.
     Missing targets do not fail the run: they are benchmarks, not tests.
     """
-    out = out or Console()
-    err = err or Console(stderr=True)
+    out = out or _console(stderr=False)
+    err = err or _console(stderr=True)
     if options.plot is not None:
         try:
             check_plot_available()
@@ -291,6 +316,9 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
     results = Results(options=options.describe())
     started = time.perf_counter()
     status = 0
+    # SIGTERM ends the run like Ctrl-C, so the embedded server and the
+    # benchmark processes are stopped and removed on the way out.
+    previous = _on_sigterm(_interrupt)
     try:
         with BenchServer(options.dsn, settings=dict(options.server_settings)) as server:
             results.machine = describe_machine(server.admin_dsn, server.location)
@@ -323,6 +351,8 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
         results.failure = "interrupted"
         err.print("interrupted", markup=False)
         status = 130
+    finally:
+        _on_sigterm(previous)
     results.seconds = time.perf_counter() - started
     results.load_average_end = load_average()
     print_report(out, results)
