@@ -6,14 +6,11 @@ import asyncio
 import contextlib
 import os
 import random
-import re
 import signal
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
-from functools import cache
-from importlib.resources import files
 from pathlib import Path
 from typing import Any, LiteralString
 
@@ -28,6 +25,7 @@ from .dsn import DSN_ENV, redact
 from .manager import QueueManager
 from .migrations import migrate
 from .models import Execution, QueueStats, Status
+from .queries import load
 from .worker import App
 
 __all__ = ["DemoOptions", "Verification", "app", "run_demo", "verify"]
@@ -70,19 +68,9 @@ async def report(payload: dict[str, Any]) -> dict[str, Any]:
     return {"report": payload["name"]}
 
 
-_HEADER = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
-
-
-@cache
-def _queries() -> dict[str, str]:
-    text = files("fifoq").joinpath("demo.sql").read_text(encoding="utf-8")
-    parts = _HEADER.split(text)
-    return {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-
-
 def _query(name: str) -> LiteralString:
     # The text comes from the packaged demo.sql, never from user input.
-    return _queries()[name]
+    return load("fifoq", "demo.sql")[name]
 
 
 @dataclass(frozen=True)
