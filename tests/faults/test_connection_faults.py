@@ -127,9 +127,8 @@ async def test_half_open_listener_is_detected_replaced_and_its_waiter_woken(dsn:
             took = time.monotonic() - silenced_at
 
             assert started.status is Status.ACTIVE
-            # A new connection replaced the silent one, which is still open.
+            # The listener replaced the silent connection with a new one.
             assert len(proxy.pipes) > pipes_before
-            assert not silenced[0].client.is_closing() or silenced[0].blackholed
             assert await executor_row(dsn, victim.executor_id) == (None, None)
             await victim.complete(started.id)
             print(f"\nhalf-open listener: waiter woken {took:.2f} s after the lost notification")
