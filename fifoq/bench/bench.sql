@@ -134,6 +134,19 @@ CREATE TABLE fifoq_bench_ceiling (
     finished_at timestamptz
 );
 
+-- name: lock_table
+-- The bound of fifoq's protocol on one queue: every enqueue and every
+-- completion is a transaction that holds the queue's lock through its
+-- commit, so one queue runs them one at a time. This row stands in for the
+-- queue; its counter counts the transactions.
+CREATE TABLE fifoq_bench_lock (id integer PRIMARY KEY, n bigint NOT NULL);
+INSERT INTO fifoq_bench_lock VALUES (1, 0);
+
+-- name: lock_transaction
+-- One round trip, one transaction: take the lock (held to commit), change the row.
+WITH locked AS (SELECT pg_advisory_xact_lock(1718183599, 1))
+UPDATE fifoq_bench_lock SET n = n + 1 FROM locked WHERE id = 1;
+
 -- name: ceiling_insert
 INSERT INTO fifoq_bench_ceiling DEFAULT VALUES RETURNING id;
 

@@ -166,7 +166,10 @@ class Results:
                     "median": t.median,
                     "ceiling_median": t.ceiling_median,
                     "ratio": t.ratio,
-                    "unit": "executions/s (ceiling: insert+update pairs/s)",
+                    "lock_bound": t.lock_bound,
+                    "bound_ratio": t.bound_ratio,
+                    "unit": "executions/s (ceiling: insert+update pairs/s; lock_rates: "
+                    "transactions/s through one lock held to commit)",
                 }
                 for t in self.throughput
             ],
@@ -226,9 +229,11 @@ def print_report(console: Console, results: Results) -> None:
             title=f"Throughput, executions/s end to end (median of {runs} run{'s' * (runs > 1)})",
             title_justify="left",
         )
-        for column in ("workload", "limit", "processes", "fifoq", "ceiling", "ratio", "runs"):
+        columns = ("workload", "limit", "processes", "fifoq", "ceiling", "ratio")
+        for column in (*columns, "one-lock bound", "of bound", "runs"):
             table.add_column(column, justify="left" if column == "workload" else "right")
         for t in results.throughput:
+            bound = (f"{t.lock_bound:,.0f}", f"{t.bound_ratio:.0%}") if t.lock_rates else ("-", "-")
             table.add_row(
                 t.label,
                 str(t.limit),
@@ -236,12 +241,15 @@ def print_report(console: Console, results: Results) -> None:
                 f"{t.median:,.0f}",
                 f"{t.ceiling_median:,.0f}",
                 f"{t.ratio:.0%}",
+                *bound,
                 " ".join(f"{r:,.0f}" for r in t.rates),
             )
         console.print(table)
         console.print(
             "  ceiling: the same number of insert+update pairs (one commit each) from the same "
-            "processes and connections, in the same database, just before",
+            "processes and connections, in the same database, just before. one-lock bound: half "
+            "the transactions/s through one advisory lock held to commit (fifoq runs two such "
+            "transactions per execution on a queue), the most one queue allows",
             style="dim",
         )
 

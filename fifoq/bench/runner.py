@@ -59,6 +59,7 @@ class Sizes:
     stats_history: int
     stats_samples: int
     storage_queued: int
+    lock_seconds: float  # how long each one-lock bound measurement runs
 
 
 # Issue 4's workloads.
@@ -73,6 +74,7 @@ FULL = Sizes(
     stats_history=1_000_000,
     stats_samples=50,
     storage_queued=100_000,
+    lock_seconds=3.0,
 )
 # The same shapes, shrunk to run in seconds (tests).
 QUICK = Sizes(
@@ -86,6 +88,7 @@ QUICK = Sizes(
     stats_history=20_000,
     stats_samples=10,
     storage_queued=5_000,
+    lock_seconds=0.5,
 )
 
 
@@ -191,7 +194,7 @@ class BenchOptions:
         runs = len(self.processes) * self.repeat * 2  # ceiling + fifoq
         count = 0
         if "throughput" in self.workloads:
-            count += len(s.single) * runs
+            count += len(s.single) * runs * 3 // 2  # and the one-lock bound
         if "many_queues" in self.workloads:
             count += runs
         count += ("handoff" in self.workloads) + ("cancel" in self.workloads)
@@ -238,6 +241,7 @@ async def _run_workloads(
                         processes=processes,
                         repeat=options.repeat,
                         step=step,
+                        lock_seconds=s.lock_seconds,
                     )
                 )
     if "many_queues" in options.workloads:

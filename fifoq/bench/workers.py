@@ -33,7 +33,8 @@ class WorkerSpec:
     """What one benchmark process does.
 
     ``role`` is ``fifoq`` (enqueue_and_wait + complete loops), ``ceiling``
-    (insert + update loops) or ``waiter`` (one wait at a time, for the
+    (insert + update loops), ``lock`` (transactions through one lock held to
+    commit, for ``seconds``) or ``waiter`` (one wait at a time, for the
     hand-off and cancel latencies; ``mode`` says which).
     """
 
@@ -46,6 +47,7 @@ class WorkerSpec:
     action: str = ""  # the queue a waiter waits in
     rounds: int = 0  # waits (waiter)
     mode: str = ""  # "handoff" or "cancel" (waiter)
+    seconds: float = 0.0  # how long to run (lock)
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,29 @@ async def _ceiling_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
             await conn.close()
 
 
+async def _lock_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
+    conns = [
+        await psycopg.AsyncConnection.connect(spec.dsn, autocommit=True)
+        for _ in range(spec.connections)
+    ]
+    try:
+
+        async def loop(conn: psycopg.AsyncConnection[Any], deadline: float) -> int:
+            done = 0
+            while time.perf_counter() < deadline:
+                await conn.execute(query("lock_transaction"), {})
+                done += 1
+            return done
+
+        await _ready_then_go(chan)
+        started = time.perf_counter()
+        done = await asyncio.gather(*(loop(c, started + spec.seconds) for c in conns))
+        return {"completed": sum(done), "seconds": time.perf_counter() - started}
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
 async def _waiter_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
     async with QueueManager.connect(
         spec.dsn, min_size=2, max_size=2, name="fifoq-bench-waiter"
@@ -197,6 +222,7 @@ async def _waiter_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
 _ROLES: dict[str, Callable[[WorkerSpec, _Conn], Coroutine[Any, Any, dict[str, Any]]]] = {
     "fifoq": _fifoq_role,
     "ceiling": _ceiling_role,
+    "lock": _lock_role,
     "waiter": _waiter_role,
 }
 

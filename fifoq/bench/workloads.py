@@ -100,6 +100,8 @@ class Throughput:
     server_cpu_us: list[float] = field(default_factory=list)
     ceiling_client_cpu_us: list[float] = field(default_factory=list)
     ceiling_server_cpu_us: list[float] = field(default_factory=list)
+    # One queue only: transactions/s through one lock held to commit, per run.
+    lock_rates: list[float] = field(default_factory=list)
 
     @property
     def executions(self) -> int:
@@ -120,6 +122,16 @@ class Throughput:
     def ratio(self) -> float:
         """fifoq's median as a fraction of the ceiling's."""
         return self.median / self.ceiling_median if self.ceiling_rates else math.nan
+
+    @property
+    def lock_bound(self) -> float:
+        """Executions/s one queue allows: half the one-lock transaction rate (two per execution)."""
+        return statistics.median(self.lock_rates) / 2 if self.lock_rates else math.nan
+
+    @property
+    def bound_ratio(self) -> float:
+        """fifoq's median as a fraction of the one-lock bound."""
+        return self.median / self.lock_bound if self.lock_rates else math.nan
 
 
 @dataclass
@@ -251,6 +263,7 @@ async def run_throughput(
     processes: int,
     repeat: int,
     step: Step,
+    lock_seconds: float = 0.0,
 ) -> Throughput:
     """No-op executions end to end, and the insert+update ceiling, ``repeat`` times each.
 
@@ -258,7 +271,11 @@ async def run_throughput(
     loops on every action. The rate is executions over the span from the
     first enqueue to the last completion, by the server's clock. The ceiling
     runs the same number of insert+update pairs from the same number of
-    processes with as many connections as an executor's pool.
+    processes with as many connections as an executor's pool. With
+    ``lock_seconds`` (one queue only), the same connections also run
+    transactions through one advisory lock held to commit for that long:
+    the most a single queue can do under fifoq's protocol, where every
+    enqueue and every completion is such a transaction.
     """
     names = [f"bench.{workload}.{i:03d}" for i in range(actions)]
     loops = LOOPS_PER_SLOT * limit
@@ -292,6 +309,20 @@ async def run_throughput(
             result.ceiling_client_cpu_us.append(ceiling.client_cpu / total * 1e6)
             if ceiling.server_cpu is not None:
                 result.ceiling_server_cpu_us.append(ceiling.server_cpu / total * 1e6)
+
+            if lock_seconds > 0 and actions == 1:
+                step(f"one-lock bound: {what}")
+                with psycopg.connect(dsn, autocommit=True) as conn:
+                    conn.execute(query("lock_table"))
+                locked = await _run_group(
+                    [
+                        WorkerSpec("lock", dsn, connections=connections, seconds=lock_seconds)
+                        for _ in range(processes)
+                    ]
+                )
+                transactions = sum(int(r["completed"]) for r in locked.results)
+                elapsed = max(float(r["seconds"]) for r in locked.results)
+                result.lock_rates.append(transactions / elapsed)
 
             step(f"fifoq: {what}")
             _set_policies(dsn, names, limit)

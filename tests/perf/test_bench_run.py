@@ -48,6 +48,8 @@ def test_quick_bench_runs_end_to_end(admin_dsn: str, tmp_path: Path) -> None:
     for t in figures["throughput"]:
         assert t["processes"] == 2
         assert t["median"] > 0 and t["ceiling_median"] > 0 and t["ratio"] > 0
+        # The one-lock bound is measured for single queues only.
+        assert (t["lock_bound"] is not None and t["lock_bound"] > 0) == (t["actions"] == 1)
     assert figures["handoff"]["latency"]["n"] == figures["options"]["sizes"]["handoff_rounds"]
     assert figures["cancel"]["server"]["n"] == figures["options"]["sizes"]["cancel_rounds"]
     assert figures["cancel"]["waiter"]["p50"] > 0
