@@ -115,8 +115,8 @@ class Listener:
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Bounded: a stop must never hang a closing executor.
+            await asyncio.wait({self._task}, timeout=5.0)
         await self._close()
 
     def listen_for_work(self, callback: Callable[[str], None]) -> None:

@@ -52,6 +52,13 @@ _counter = itertools.count(1)
 # commit): admin_shutdown (pg_terminate_backend), crash_shutdown, cannot_connect_now.
 _CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
+_CLOSE_TIMEOUT = 5.0  # seconds each step of close() may take
+
+
+def _being_cancelled() -> bool:
+    """True when the running task has a cancellation pending (never retry then)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class QueueManager:
@@ -88,6 +95,7 @@ class QueueManager:
         self.executor_id: int = 0
         self._listener: Listener | None = None
         self._maintenance: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._callbacks: dict[int, list[StatusCallback]] = {}
         self._early: OrderedDict[int, tuple[Status, datetime | None]] = OrderedDict()
         self._closed = True
@@ -189,20 +197,27 @@ class QueueManager:
         if self._closed:
             return
         self._closed = True
+        # Let the maintenance pass finish its statement rather than cancel it
+        # mid-query (a cancelled query can leave its pooled connection broken).
+        self._stop.set()
         if self._maintenance is not None:
-            self._maintenance.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._maintenance
+            done, _ = await asyncio.wait({self._maintenance}, timeout=_CLOSE_TIMEOUT)
+            if not done:
+                self._maintenance.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._maintenance
         if self._listener is not None:
             await self._listener.stop()
         try:
-            await self._fetchone(query("unregister_executor"), {"executor": self.executor_id})
-        except (psycopg.Error, FifoqError) as exc:
-            logger.warning("could not unregister executor %s: %s", self.executor_id, exc)
+            async with asyncio.timeout(_CLOSE_TIMEOUT):
+                await self._fetchone(query("unregister_executor"), {"executor": self.executor_id})
+        except (psycopg.Error, FifoqError, TimeoutError) as exc:
+            # The others reap it when its lease runs out.
+            logger.warning("could not unregister executor %s: %r", self.executor_id, exc)
         for execution_id in list(self._callbacks):
             self._on_status(execution_id, Status.ABANDONED, None)
         if self._own_pool:
-            await self._pool.close()
+            await self._pool.close(timeout=_CLOSE_TIMEOUT)
         logger.info("executor %s (%s) closed", self.executor_id, self.name)
 
     @property
@@ -568,13 +583,17 @@ class QueueManager:
     async def _maintain_forever(self) -> None:
         # Timeouts, reaping and repairs happen in the database; every executor
         # offers to run the pass and one at a time does (fifoq.maintain).
-        while True:
-            await asyncio.sleep(self.poll_interval)
+        while not self._stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(self.poll_interval):
+                    await self._stop.wait()
+            if self._stop.is_set():
+                return
             try:
                 await self._fetchone(query("maintain"), {})
-            except asyncio.CancelledError:
-                raise
             except Exception as exc:
+                if _being_cancelled():
+                    raise asyncio.CancelledError from exc
                 logger.debug("maintenance pass failed: %s", exc)
 
     async def _fetchone(
@@ -627,7 +646,7 @@ class QueueManager:
                     lost = pooled is not None and (
                         pooled.broken or exc.sqlstate in _CONNECTION_ENDED
                     )
-                    if attempt >= self._pool.max_size or not lost:
+                    if attempt >= self._pool.max_size or not lost or _being_cancelled():
                         raise
                     logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
         raise AssertionError("unreachable")
