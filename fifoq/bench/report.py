@@ -357,6 +357,15 @@ def write_plot(results: Results, path: Path) -> None:
             alpha=0.5,
             label=f"ceiling ({label})",
         )
+        if all(t.lock_rates for t in points):
+            left.plot(
+                xs,
+                [t.lock_bound for t in points],
+                "^:",
+                color=color,
+                alpha=0.7,
+                label=f"one-lock bound ({label})",
+            )
         right.plot(xs, [100 * t.ratio for t in points], "o-", color=color, label=label)
     left.axhline(FIFOQ_TARGET_RATE, color="grey", linestyle=":", label="target 3,000/s")
     right.axhline(100 * FIFOQ_TARGET_RATIO, color="grey", linestyle=":", label="target 50 %")
