@@ -304,7 +304,7 @@ class QueueManager:
 
     async def get(self, execution_id: int) -> Execution:
         """The execution with this id; ``UnknownExecution`` if there is none."""
-        row = await self._fetchone(query("get"), {"id": execution_id}, missing_ok=True)
+        row = await self._fetch_optional(query("get"), {"id": execution_id})
         if row is None:
             raise UnknownExecution(f"unknown execution {execution_id}")
         return Execution.from_row(row)
@@ -403,7 +403,7 @@ class QueueManager:
     async def get_policy(self, action: str) -> Policy:
         """The policy in force for an action: its own, its pack's, the default, or unlimited."""
         check_action(action)
-        row = await self._fetchone(query("get_policy"), {"action": action}, missing_ok=True)
+        row = await self._fetch_optional(query("get_policy"), {"action": action})
         return Policy.from_row(row) if row else Policy.unlimited()
 
     async def list_policies(self) -> list[Policy]:
@@ -416,8 +416,8 @@ class QueueManager:
         """Live statistics of one queue (zeros for a queue never used)."""
         check_action(action)
         group_key = check_group(group) or ""
-        row = await self._fetchone(
-            query("stats_live"), {"action": action, "group": group_key}, missing_ok=True
+        row = await self._fetch_optional(
+            query("stats_live"), {"action": action, "group": group_key}
         )
         if row is not None:
             return QueueStats.from_row(row)
@@ -602,14 +602,21 @@ class QueueManager:
         params: dict[str, Any],
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
-        missing_ok: bool = False,
     ) -> dict[str, Any]:
-        rows = await self._execute(sql_text, params, conn=conn)
-        if not rows:
-            if missing_ok:
-                return None  # type: ignore[return-value]
+        row = await self._fetch_optional(sql_text, params, conn=conn)
+        if row is None:
             raise FifoqError("the database returned no row")
-        return rows[0]
+        return row
+
+    async def _fetch_optional(
+        self,
+        sql_text: LiteralString,
+        params: dict[str, Any],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> dict[str, Any] | None:
+        rows = await self._execute(sql_text, params, conn=conn)
+        return rows[0] if rows else None
 
     async def _fetchall(
         self, sql_text: LiteralString, params: dict[str, Any]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import random
+import time
 from multiprocessing.synchronize import Barrier, Event
 from typing import Any
 
@@ -86,8 +87,11 @@ def hold_a_slot_then_hang(dsn: str, action: str, holding: Event) -> None:
             await qm.enqueue_and_wait(action)
             second = await qm.enqueue(action)
             waiter = asyncio.create_task(qm.wait_started(second.id))
+            deadline = time.monotonic() + 30
             while (await qm.get(second.id)).owner != qm.executor_id:
-                await asyncio.sleep(0.01)
+                if time.monotonic() > deadline:
+                    raise TimeoutError("wait_started did not take ownership within 30 s")
+                await asyncio.sleep(0.01)  # poll interval of a condition with a deadline
             holding.set()
             await waiter  # never returns: the slot ahead is ours and we never complete it
 
