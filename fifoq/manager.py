@@ -270,7 +270,7 @@ class QueueManager:
         self._check_open()
         # A notification that arrives between this call and the subscription
         # in _wait is kept in self._early, so it cannot be missed.
-        row = await self._fetchone(
+        row = await self._change_one(
             query("watch"), {"id": execution_id, "executor": self.executor_id}
         )
         return await self._wait(Execution.from_row(row), timeout)
@@ -288,7 +288,7 @@ class QueueManager:
             raise InvalidInput(f"error must be a string, got {type(error).__name__}")
         if error is not None and "\x00" in error:
             raise InvalidInput("error contains a NUL character, which PostgreSQL cannot store")
-        row = await self._fetchone(
+        row = await self._change_one(
             query("complete"), {"id": execution_id, "result": result_json, "error": error}
         )
         return Execution.from_row(row)
@@ -299,8 +299,12 @@ class QueueManager:
         A waiter on it raises ``ExecutionCancelled`` at once; an active one's
         slot goes to the next in line.
         """
-        row = await self._fetchone(query("cancel"), {"id": execution_id})
-        return bool(row["cancelled"])
+        rows = await self._execute(
+            query("cancel"),
+            {"id": execution_id},
+            changed=lambda rows: [(execution_id, Status.CANCELLED)] if rows[0]["cancelled"] else [],
+        )
+        return bool(rows[0]["cancelled"])
 
     async def get(self, execution_id: int) -> Execution:
         """The execution with this id; ``UnknownExecution`` if there is none."""
@@ -312,13 +316,14 @@ class QueueManager:
     async def claim(self, actions: Sequence[str] | None, limit: int) -> list[Execution]:
         """Take up to ``limit`` admitted executions nobody owns (worker use), in seq order."""
         self._check_open()
-        rows = await self._fetchall(
+        rows = await self._execute(
             query("claim"),
             {
                 "executor": self.executor_id,
                 "actions": list(actions) if actions else None,
                 "limit": limit,
             },
+            changed=_changed_rows,
         )
         return [Execution.from_row(r) for r in rows]
 
@@ -473,7 +478,10 @@ class QueueManager:
         }
         # An admission notification that arrives before _wait subscribes is
         # kept in self._early and handed over on subscription.
-        row = await self._fetchone(query("enqueue"), params, conn=conn)
+        if conn is not None:
+            row = await self._fetchone(query("enqueue"), params, conn=conn)
+        else:
+            row = await self._change_one(query("enqueue_deferred"), params)
         return dataclasses.replace(Execution.from_row(row), payload=payload)
 
     async def _wait(self, execution: Execution, timeout: float | None) -> Execution:
@@ -501,7 +509,7 @@ class QueueManager:
                 raise
             except TimeoutError:
                 # Give up in the database too, unless it started meanwhile.
-                row = await self._fetchone(query("time_out"), {"id": execution.id})
+                row = await self._change_one(query("time_out"), {"id": execution.id})
                 latest = Execution.from_row(row)
                 if latest.status is Status.ACTIVE:
                     return dataclasses.replace(latest, payload=execution.payload)
@@ -623,13 +631,31 @@ class QueueManager:
     ) -> list[dict[str, Any]]:
         return await self._execute(sql_text, params)
 
+    async def _change_one(self, sql_text: LiteralString, params: dict[str, Any]) -> dict[str, Any]:
+        """Run a deferred state change returning one execution row (see :meth:`_execute`)."""
+        rows = await self._execute(sql_text, params, changed=_changed_rows)
+        if not rows:
+            raise FifoqError("the database returned no row")
+        return rows[0]
+
     async def _execute(
         self,
         sql_text: LiteralString,
         params: dict[str, Any],
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
+        changed: Changed | None = None,
     ) -> list[dict[str, Any]]:
+        """Run one statement and return its rows.
+
+        With ``conn`` it runs there, inside the caller's transaction. Otherwise
+        on a pooled connection in autocommit. A ``changed`` statement is a
+        deferred state change (a ``fifoq.*_deferred`` function): its commit
+        did not wait for the disk, so ``flush`` follows on the same connection
+        and the rows are returned only once they are durable. ``changed`` maps
+        the rows to the (execution id, status) pairs they report, which are
+        checked if the flush has to be redone elsewhere.
+        """
         with wrap_database_errors():
             if conn is not None:
                 async with conn.cursor(row_factory=dict_row) as cur:
@@ -637,16 +663,23 @@ class QueueManager:
                     return await cur.fetchall()
             for attempt in itertools.count():
                 pooled: psycopg.AsyncConnection[Any] | None = None
+                flush_error: psycopg.Error | None = None
                 try:
-                    async with (
-                        self._pool.connection() as pooled,
-                        pooled.cursor(row_factory=dict_row) as cur,
-                    ):
-                        await cur.execute(sql_text, params)
-                        return await cur.fetchall()
+                    async with self._pool.connection() as pooled, _autocommit(pooled):
+                        async with pooled.cursor(row_factory=dict_row) as cur:
+                            await cur.execute(sql_text, params)
+                            rows = await cur.fetchall()
+                        if changed is None:
+                            return rows
+                        try:
+                            await pooled.execute(query("flush"))
+                        except psycopg.Error as exc:
+                            flush_error = exc  # handled below, never by a retry
+                        else:
+                            return rows
                 except psycopg.OperationalError as exc:
                     # A pooled connection that died (server restart,
-                    # pg_terminate_backend) fails without committing anything:
+                    # pg_terminate_backend) before the statement committed:
                     # try again on another one. The pool discards broken ones;
                     # after a restart every idle one may be dead, hence up to
                     # max_size + 1 attempts.
@@ -656,4 +689,76 @@ class QueueManager:
                     if attempt >= self._pool.max_size or not lost or _being_cancelled():
                         raise
                     logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
+                    continue
+                # The statement committed but the flush after it failed: never
+                # run the statement again. If the connection was lost, make the
+                # change durable from another one.
+                assert changed is not None and flush_error is not None and pooled is not None
+                lost = pooled.broken or flush_error.sqlstate in _CONNECTION_ENDED
+                if not lost or _being_cancelled():
+                    raise flush_error
+                await self._confirm_durable(changed(rows), flush_error)
+                return rows
         raise AssertionError("unreachable")
+
+    async def _confirm_durable(
+        self, changes: list[tuple[int, Status]], cause: psycopg.Error
+    ) -> None:
+        """Flush from another connection and check the changes survived.
+
+        Any durable commit on the server waits for the WAL up to itself, which
+        covers a commit made before it. If the server crashed in between, the
+        change may have been lost with the unflushed WAL: then the execution
+        is found in an earlier status than the one reported, and the call
+        fails instead of reporting a change that did not happen.
+        """
+        logger.info("connection lost during a flush (%s); flushing elsewhere", cause)
+        for attempt in itertools.count():
+            try:
+                async with self._pool.connection() as pooled, _autocommit(pooled):
+                    await pooled.execute(query("flush"))
+                    for execution_id, status in changes:
+                        cur = await pooled.execute(query("status"), {"id": execution_id})
+                        row = await cur.fetchone()
+                        if row is None or _PROGRESS[Status(row[0])] < _PROGRESS[status]:
+                            raise FifoqError(
+                                f"the server lost the change of execution {execution_id} to "
+                                f"{status} (it restarted before the change was on disk)"
+                            ) from cause
+                return
+            except psycopg.OperationalError:
+                if attempt >= self._pool.max_size or _being_cancelled():
+                    raise
+
+
+Changed = Callable[[list[dict[str, Any]]], list[tuple[int, Status]]]
+
+# How far along its life a status is: a change is lost if its execution is
+# later found at an earlier stage than the change reported.
+_PROGRESS = {
+    status: 0 if status is Status.QUEUED else 1 if status is Status.ACTIVE else 2
+    for status in Status
+}
+
+
+def _changed_rows(rows: list[dict[str, Any]]) -> list[tuple[int, Status]]:
+    """The (id, status) pairs of execution rows returned by a state change."""
+    return [(row["id"], Status(row["status"])) for row in rows]
+
+
+@contextlib.asynccontextmanager
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """Autocommit for the duration (fifoq's own pool has it; a caller's pool may not).
+
+    The deferred statements commit on their own and ``flush`` is a procedure
+    that commits: neither may run inside a transaction block.
+    """
+    if conn.autocommit:
+        yield
+        return
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            await conn.set_autocommit(False)

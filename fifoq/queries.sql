@@ -1,33 +1,47 @@
 -- The SQL that fifoq's Python code runs, one query per `-- name:` block.
 -- State changes are calls of the functions in sql/0002_protocol.sql, so each
--- API operation is one statement and one round trip. Payloads and results
--- arrive as JSON text (already validated and size-checked in Python) and are
--- cast to jsonb here.
+-- API operation is one statement. On fifoq's own connections they run in
+-- their deferred form (sql/0006_flush_outside_lock.sql): the statement
+-- commits without waiting for the disk, so the queue lock is not held
+-- through the flush, and `flush` follows on the same connection before the
+-- call returns. Payloads and results arrive as JSON text (already validated
+-- and size-checked in Python) and are cast to jsonb here.
 
 -- name: enqueue
--- Enqueue; the payload is left out of the answer: the caller already has it.
+-- Enqueue inside the caller's transaction (enqueue(conn=...)): durable with
+-- its commit. The payload is left out of the answer: the caller has it.
 SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
        enqueued_at, started_at, finished_at, owner
 FROM fifoq.enqueue(%(action)s, %(payload)s::jsonb, %(group)s, %(owner)s);
+
+-- name: enqueue_deferred
+SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.enqueue_deferred(%(action)s, %(payload)s::jsonb, %(group)s, %(owner)s);
+
+-- name: flush
+-- After a *_deferred statement, on the same connection: returns once that
+-- statement's commit is on disk, then sends the notifications it held back.
+CALL fifoq.flush_and_notify();
 
 -- name: watch
 -- Become the owner of an execution one is about to wait on.
 SELECT id, action, "group", seq, status, payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.watch(%(id)s, %(executor)s);
+FROM fifoq.watch_deferred(%(id)s, %(executor)s);
 
 -- name: complete
 SELECT id, action, "group", seq, status, payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.complete(%(id)s, %(result)s::jsonb, %(error)s);
+FROM fifoq.complete_deferred(%(id)s, %(result)s::jsonb, %(error)s);
 
 -- name: cancel
-SELECT fifoq.cancel(%(id)s) AS cancelled;
+SELECT fifoq.cancel_deferred(%(id)s) AS cancelled;
 
 -- name: time_out
 SELECT id, action, "group", seq, status, payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.time_out(%(id)s);
+FROM fifoq.time_out_deferred(%(id)s);
 
 -- name: get
 -- Primary-key lookup joined to the (small) queues table.
@@ -40,7 +54,7 @@ WHERE id = %(id)s;
 -- A worker takes admitted executions that nobody owns yet.
 SELECT id, action, "group", seq, status, payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.claim(%(executor)s, %(actions)s, %(limit)s);
+FROM fifoq.claim_deferred(%(executor)s, %(actions)s, %(limit)s);
 
 -- name: set_policy
 SELECT * FROM fifoq.set_policy(%(action)s, %(max_concurrent)s, %(max_queue_length)s,
@@ -81,3 +95,7 @@ SELECT fifoq.unregister_executor(%(executor)s) AS abandoned;
 
 -- name: maintain
 SELECT fifoq.maintain() AS summary;
+
+-- name: status
+-- An execution's status, by primary key (checking a change after a lost flush).
+SELECT status FROM fifoq.executions WHERE id = %(id)s;

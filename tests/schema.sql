@@ -260,6 +260,27 @@ COMMENT ON FUNCTION fifoq.cancel(p_id bigint) IS 'Cancels a queued or active exe
 
 
 --
+-- Name: cancel_deferred(bigint); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.cancel_deferred(p_id bigint) RETURNS boolean
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN fifoq.cancel(p_id);
+END
+$$;
+
+
+--
+-- Name: FUNCTION cancel_deferred(p_id bigint); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.cancel_deferred(p_id bigint) IS 'fifoq.cancel committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+
+
+--
 -- Name: check_owner_alive(); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -498,6 +519,27 @@ COMMENT ON FUNCTION fifoq.claim(p_executor bigint, p_actions text[], p_limit int
 
 
 --
+-- Name: claim_deferred(bigint, text[], integer); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.claim_deferred(p_executor bigint, p_actions text[], p_limit integer) RETURNS SETOF fifoq.execution_details
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN QUERY SELECT * FROM fifoq.claim(p_executor, p_actions, p_limit);
+END
+$$;
+
+
+--
+-- Name: FUNCTION claim_deferred(p_executor bigint, p_actions text[], p_limit integer); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.claim_deferred(p_executor bigint, p_actions text[], p_limit integer) IS 'fifoq.claim committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+
+
+--
 -- Name: complete(bigint, jsonb, text); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -548,6 +590,49 @@ $$;
 --
 
 COMMENT ON FUNCTION fifoq.complete(p_id bigint, p_result jsonb, p_error text) IS 'Finishes an active execution (succeeded, or failed when p_error is given), frees its slot and admits the next. FQ409 unless active, so a second completion never frees a second slot.';
+
+
+--
+-- Name: complete_deferred(bigint, jsonb, text); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.complete_deferred(p_id bigint, p_result jsonb DEFAULT NULL::jsonb, p_error text DEFAULT NULL::text) RETURNS fifoq.execution_details
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN fifoq.complete(p_id, p_result, p_error);
+END
+$$;
+
+
+--
+-- Name: FUNCTION complete_deferred(p_id bigint, p_result jsonb, p_error text); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.complete_deferred(p_id bigint, p_result jsonb, p_error text) IS 'fifoq.complete committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+
+
+--
+-- Name: defer_flush(); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.defer_flush() RETURNS void
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    -- Both settings are transaction-local: they end with this transaction.
+    PERFORM set_config('synchronous_commit', 'off', true);
+    PERFORM set_config('fifoq.hold_notifications', 'on', true);
+END
+$$;
+
+
+--
+-- Name: FUNCTION defer_flush(); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.defer_flush() IS 'Step 1 of a deferred operation: this transaction commits without waiting for the WAL flush and holds its owner notifications in the session until CALL fifoq.flush_and_notify().';
 
 
 --
@@ -668,6 +753,27 @@ COMMENT ON FUNCTION fifoq.enqueue(p_action text, p_payload jsonb, p_group text, 
 
 
 --
+-- Name: enqueue_deferred(text, jsonb, text, bigint); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.enqueue_deferred(p_action text, p_payload jsonb DEFAULT NULL::jsonb, p_group text DEFAULT NULL::text, p_owner bigint DEFAULT NULL::bigint) RETURNS fifoq.execution_details
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN fifoq.enqueue(p_action, p_payload, p_group, p_owner);
+END
+$$;
+
+
+--
+-- Name: FUNCTION enqueue_deferred(p_action text, p_payload jsonb, p_group text, p_owner bigint); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.enqueue_deferred(p_action text, p_payload jsonb, p_group text, p_owner bigint) IS 'fifoq.enqueue committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+
+
+--
 -- Name: ensure_queue(text, text); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -694,6 +800,44 @@ $$;
 --
 
 COMMENT ON FUNCTION fifoq.ensure_queue(p_action text, p_group text) IS 'Id of the queue of (action, group), created on first use.';
+
+
+--
+-- Name: flush_and_notify(); Type: PROCEDURE; Schema: fifoq; Owner: -
+--
+
+CREATE PROCEDURE fifoq.flush_and_notify()
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_held text := coalesce(current_setting('fifoq.held_notifications', true), '');
+    v_line text;
+BEGIN
+    PERFORM set_config('fifoq.held_notifications', '', false);
+    -- Step 2. PostgreSQL flushes at commit only a transaction that has an xid
+    -- and wrote WAL; this message gives it both at the cost of one tiny
+    -- record (logical decoding consumers see it under the prefix 'fifoq').
+    -- The commit then waits for the flush up to here, covering every commit
+    -- before it, step 1's included. Held with the session's own
+    -- synchronous_commit: off there means the caller chose no durability.
+    PERFORM pg_logical_emit_message(true, 'fifoq', 'flush');
+    COMMIT;
+    -- Step 3. Only now may the owners hear of the changes.
+    IF v_held <> '' THEN
+        PERFORM set_config('synchronous_commit', 'off', true);
+        FOREACH v_line IN ARRAY string_to_array(rtrim(v_held, E'\n'), E'\n') LOOP
+            PERFORM pg_notify(split_part(v_line, ' ', 1), substr(v_line, strpos(v_line, ' ') + 1));
+        END LOOP;
+    END IF;
+END
+$$;
+
+
+--
+-- Name: PROCEDURE flush_and_notify(); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON PROCEDURE fifoq.flush_and_notify() IS 'Steps 2 and 3 of deferred operations: waits until everything committed so far is on disk, then sends the owner notifications the session held back. Call outside a transaction block, after fifoq.*_deferred.';
 
 
 --
@@ -930,14 +1074,30 @@ COMMENT ON FUNCTION fifoq.maintain() IS 'Periodic pass run by connected executor
 CREATE FUNCTION fifoq.notify_owner(owner bigint, execution_id bigint, status fifoq.execution_status, at timestamp with time zone DEFAULT clock_timestamp()) RETURNS void
     LANGUAGE plpgsql
     AS $$
+DECLARE
+    v_channel text;
+    v_message text;
 BEGIN
     -- Each executor LISTENs on its own channel, so a notification wakes only
-    -- the process that waits. Delivered at commit, like the change itself.
-    -- The payload carries the transition time so the waiter needs no second
-    -- round trip to learn started_at.
-    IF owner IS NOT NULL THEN
-        PERFORM pg_notify('fifoq_executor_' || owner,
-                          execution_id || ' ' || status || ' ' || extract(epoch FROM at));
+    -- the process that waits. The payload carries the transition time so the
+    -- waiter needs no second round trip to learn started_at.
+    IF owner IS NULL THEN
+        RETURN;
+    END IF;
+    v_channel := 'fifoq_executor_' || owner;
+    v_message := execution_id || ' ' || status || ' ' || extract(epoch FROM at);
+    IF current_setting('fifoq.hold_notifications', true) = 'on' THEN
+        -- A deferred operation (fifoq.defer_flush): the waiter must not hear
+        -- of the change before it is on disk. Kept in a session setting, one
+        -- line per notification, so it outlives this transaction's commit;
+        -- set non-locally inside the transaction, it is discarded with the
+        -- transaction if that rolls back.
+        PERFORM set_config('fifoq.held_notifications',
+                           coalesce(current_setting('fifoq.held_notifications', true), '')
+                               || v_channel || ' ' || v_message || E'\n',
+                           false);
+    ELSE
+        PERFORM pg_notify(v_channel, v_message);
     END IF;
 END
 $$;
@@ -1186,6 +1346,27 @@ COMMENT ON FUNCTION fifoq.time_out(p_id bigint) IS 'Marks a waiting execution ti
 
 
 --
+-- Name: time_out_deferred(bigint); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.time_out_deferred(p_id bigint) RETURNS fifoq.execution_details
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN fifoq.time_out(p_id);
+END
+$$;
+
+
+--
+-- Name: FUNCTION time_out_deferred(p_id bigint); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.time_out_deferred(p_id bigint) IS 'fifoq.time_out committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+
+
+--
 -- Name: try_lock_queue(integer); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -1258,6 +1439,27 @@ $$;
 --
 
 COMMENT ON FUNCTION fifoq.watch(p_id bigint, p_executor bigint) IS 'Makes an executor the owner of a queued or active execution it is going to wait on or run; returns the row so the caller sees whether it already started or finished.';
+
+
+--
+-- Name: watch_deferred(bigint, bigint); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.watch_deferred(p_id bigint, p_executor bigint) RETURNS fifoq.execution_details
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN fifoq.watch(p_id, p_executor);
+END
+$$;
+
+
+--
+-- Name: FUNCTION watch_deferred(p_id bigint, p_executor bigint); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.watch_deferred(p_id bigint, p_executor bigint) IS 'fifoq.watch committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
 
 
 --
