@@ -143,9 +143,16 @@ CREATE TABLE fifoq_bench_lock (id integer PRIMARY KEY, n bigint NOT NULL);
 INSERT INTO fifoq_bench_lock VALUES (1, 0);
 
 -- name: lock_transaction
--- One round trip, one transaction: take the lock (held to commit), change the row.
-WITH locked AS (SELECT pg_advisory_xact_lock(1718183599, 1))
+-- What fifoq does per state change, minus the work: take the lock (held to
+-- commit), change a row, commit without waiting for the disk (the deferred
+-- statement), then `lock_flush`.
+WITH locked AS (SELECT pg_advisory_xact_lock(1718183599, 1),
+                       set_config('synchronous_commit', 'off', true))
 UPDATE fifoq_bench_lock SET n = n + 1 FROM locked WHERE id = 1;
+
+-- name: lock_flush
+-- The durable flush that follows each deferred statement (no lock held).
+CALL fifoq.flush_and_notify();
 
 -- name: ceiling_insert
 INSERT INTO fifoq_bench_ceiling DEFAULT VALUES RETURNING id;

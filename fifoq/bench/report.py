@@ -169,7 +169,7 @@ class Results:
                     "lock_bound": t.lock_bound,
                     "bound_ratio": t.bound_ratio,
                     "unit": "executions/s (ceiling: insert+update pairs/s; lock_rates: "
-                    "transactions/s through one lock held to commit)",
+                    "locked transactions/s, each with its flush)",
                 }
                 for t in self.throughput
             ],
@@ -248,8 +248,9 @@ def print_report(console: Console, results: Results) -> None:
         console.print(
             "  ceiling: the same number of insert+update pairs (one commit each) from the same "
             "processes and connections, in the same database, just before. one-lock bound: half "
-            "the transactions/s through one advisory lock held to commit (fifoq runs two such "
-            "transactions per execution on a queue), the most one queue allows",
+            "the rate of trivial transactions through one advisory lock held to an unflushed "
+            "commit, each followed by a durable flush (fifoq runs two such state changes per "
+            "execution on a queue), the most one queue allows",
             style="dim",
         )
 

@@ -34,8 +34,9 @@ class WorkerSpec:
 
     ``role`` is ``fifoq`` (enqueue_and_wait + complete loops), ``ceiling``
     (insert + update loops), ``lock`` (transactions through one lock held to
-    commit, for ``seconds``) or ``waiter`` (one wait at a time, for the
-    hand-off and cancel latencies; ``mode`` says which).
+    an unflushed commit, each followed by a flush, for ``seconds``) or
+    ``waiter`` (one wait at a time, for the hand-off and cancel latencies;
+    ``mode`` says which).
     """
 
     role: str
@@ -176,6 +177,7 @@ async def _lock_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
             done = 0
             while time.perf_counter() < deadline:
                 await conn.execute(query("lock_transaction"), {})
+                await conn.execute(query("lock_flush"), {})
                 done += 1
             return done
 

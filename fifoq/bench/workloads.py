@@ -100,7 +100,7 @@ class Throughput:
     server_cpu_us: list[float] = field(default_factory=list)
     ceiling_client_cpu_us: list[float] = field(default_factory=list)
     ceiling_server_cpu_us: list[float] = field(default_factory=list)
-    # One queue only: transactions/s through one lock held to commit, per run.
+    # One queue only: transactions/s through one lock (unflushed commit, then a flush), per run.
     lock_rates: list[float] = field(default_factory=list)
 
     @property
@@ -273,9 +273,10 @@ async def run_throughput(
     runs the same number of insert+update pairs from the same number of
     processes with as many connections as an executor's pool. With
     ``lock_seconds`` (one queue only), the same connections also run
-    transactions through one advisory lock held to commit for that long:
-    the most a single queue can do under fifoq's protocol, where every
-    enqueue and every completion is such a transaction.
+    transactions through one advisory lock held to an unflushed commit, each
+    followed by a durable flush, for that long: the most a single queue can
+    do under fifoq's protocol, where every enqueue and every completion is
+    such a transaction.
     """
     names = [f"bench.{workload}.{i:03d}" for i in range(actions)]
     loops = LOOPS_PER_SLOT * limit
