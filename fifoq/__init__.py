@@ -32,6 +32,7 @@ __all__ = [
     "InvalidTransition",
     "Policy",
     "PolicyRejected",
+    "Purged",
     "QueueFull",
     "QueueManager",
     "QueueStats",

@@ -8,12 +8,13 @@ import dataclasses
 import inspect
 import itertools
 import logging
+import math
 import os
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, LiteralString
 
 import psycopg
@@ -31,7 +32,7 @@ from .errors import (
     wrap_database_errors,
 )
 from .listener import Listener
-from .models import Execution, Policy, QueueStats, Status
+from .models import Execution, Policy, Purged, QueueStats, Status
 from .queries import query
 from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
@@ -454,6 +455,31 @@ class QueueManager:
         """The rows of ``fifoq.queue_stats`` as of its last refresh, one per queue."""
         return [QueueStats.from_row(r) for r in await self._fetchall(query("snapshot_stats"), {})]
 
+    # -- retention ---------------------------------------------------------
+
+    async def purge(self, older_than: timedelta | float, *, limit: int = 10_000) -> Purged:
+        """Delete up to ``limit`` executions that finished more than ``older_than`` ago.
+
+        ``older_than`` is a ``timedelta`` or seconds. Oldest first; also ended
+        executors older than that which own nothing live. Statistics keep
+        their totals (they live in the queue counters). Call it again while
+        it returns ``limit`` executions; ``fifoq purge`` does.
+        """
+        if not isinstance(older_than, timedelta):
+            if isinstance(older_than, bool) or not isinstance(older_than, int | float):
+                raise InvalidInput(
+                    f"older_than must be a timedelta or seconds, got {type(older_than).__name__}"
+                )
+            if not math.isfinite(older_than):
+                raise InvalidInput(f"older_than must be finite, got {older_than!r}")
+            older_than = timedelta(seconds=older_than)
+        if older_than < timedelta(0):
+            raise InvalidInput(f"older_than must not be negative, got {older_than}")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 2**31 - 1:
+            raise InvalidInput(f"limit must be an integer from 1 to 2147483647, got {limit!r}")
+        row = await self._fetchone(query("purge"), {"older_than": older_than, "limit": limit})
+        return Purged(**row["purged"])
+
     # -- internals ---------------------------------------------------------
 
     def _check_open(self) -> None:
@@ -653,7 +679,8 @@ class QueueManager:
         deferred state change (a ``fifoq.*_deferred`` function): its commit
         did not wait for the disk, so ``flush`` follows on the same connection
         and the rows are returned only once they are durable. ``changed`` maps
-        the rows to the (execution id, status) pairs they report, which are
+        the rows to the (execution id, status) pairs the statement changed
+        (none: nothing to flush, e.g. a claim that found no work), which are
         checked if the flush has to be redone elsewhere.
         """
         with wrap_database_errors():
@@ -669,8 +696,9 @@ class QueueManager:
                         async with pooled.cursor(row_factory=dict_row) as cur:
                             await cur.execute(sql_text, params)
                             rows = await cur.fetchall()
-                        if changed is None:
-                            return rows
+                        changes = changed(rows) if changed is not None else []
+                        if not changes:
+                            return rows  # nothing changed (or not deferred): no flush
                         try:
                             await pooled.execute(query("flush"))
                         except psycopg.Error as exc:
@@ -693,11 +721,11 @@ class QueueManager:
                 # The statement committed but the flush after it failed: never
                 # run the statement again. If the connection was lost, make the
                 # change durable from another one.
-                assert changed is not None and flush_error is not None and pooled is not None
+                assert flush_error is not None and pooled is not None
                 lost = pooled.broken or flush_error.sqlstate in _CONNECTION_ENDED
                 if not lost or _being_cancelled():
                     raise flush_error
-                await self._confirm_durable(changed(rows), flush_error)
+                await self._confirm_durable(changes, flush_error)
                 return rows
         raise AssertionError("unreachable")
 

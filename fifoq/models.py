@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Execution", "Policy", "QueueStats", "Status"]
+__all__ = ["Execution", "Policy", "Purged", "QueueStats", "Status"]
 
 
 class Status(enum.StrEnum):
@@ -131,3 +131,11 @@ class QueueStats:
             total_abandoned=row["total_abandoned"],
             last_updated=row["last_updated"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Purged:
+    """What one :meth:`QueueManager.purge` call deleted."""
+
+    executions: int
+    executors: int

@@ -99,3 +99,7 @@ SELECT fifoq.maintain() AS summary;
 -- name: status
 -- An execution's status, by primary key (checking a change after a lost flush).
 SELECT status FROM fifoq.executions WHERE id = %(id)s;
+
+-- name: purge
+-- One batch of retention (oldest finished executions first); see fifoq.purge.
+SELECT fifoq.purge(%(older_than)s, %(limit)s) AS purged;

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from .. import __version__
-from . import demo, executions, migrate, policy, stats, worker
+from . import demo, executions, migrate, policy, purge, stats, worker
 from .bench import bench
 
 __all__ = ["app", "main"]
@@ -49,6 +49,7 @@ executions.register(app)
 stats.register(app)
 worker.register(app)
 demo.register(app)
+purge.register(app)
 app.command("bench")(bench)
 
 

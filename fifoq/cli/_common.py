@@ -11,7 +11,7 @@ import os
 import re
 import sys
 from collections.abc import AsyncIterator, Coroutine, Iterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import psycopg
@@ -146,6 +146,22 @@ def parse_seconds(option: str, text: str | None, *, allow_none: bool = False) ->
     if not (value > 0 and value != float("inf")):
         bad_value(option, f"expected a positive number of seconds, got {text!r}")
     return value
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)\s*(s|m|h|d|w)?", re.IGNORECASE)
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(option: str, text: str) -> timedelta:
+    """Parse ``90``, ``90s``, ``15m``, ``12h``, ``7d`` or ``2w`` (a bare number is seconds)."""
+    match = _DURATION.fullmatch(text.strip())
+    if match is None:
+        bad_value(option, f"expected a duration such as 90s, 15m, 12h, 7d or 2w, got {text!r}")
+    number, unit = match.groups()
+    seconds = float(number) * _UNIT_SECONDS[(unit or "s").lower()]
+    if seconds > 1e11:  # about 3,000 years: beyond timedelta and any history
+        bad_value(option, f"duration too long: {text!r}")
+    return timedelta(seconds=seconds)
 
 
 def to_jsonable(value: Any) -> Any:

@@ -71,6 +71,7 @@ COMMANDS = [
     ["worker"],
     ["demo"],
     ["bench"],
+    ["purge"],
 ]
 
 
@@ -181,6 +182,24 @@ def test_policy_enqueue_complete_cancel_and_stats(dsn: str) -> None:
     assert "error        disk full" in text.stdout
 
 
+def test_purge_removes_finished_executions_in_batches(dsn: str) -> None:
+    ids = []
+    for _ in range(3):
+        enqueued = run_cli("enqueue", "cli.purge", "-q", "--dsn", dsn)
+        assert enqueued.returncode == 0, enqueued.stderr
+        ids.append(enqueued.stdout.strip())
+    for execution_id in ids[:2]:
+        assert run_cli("complete", execution_id, "--dsn", dsn).returncode == 0
+    result = run_cli("purge", "--older-than", "0", "--batch", "1", "--json", "--dsn", dsn)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["executions"] == 2
+    assert run_cli("get", ids[0], "--dsn", dsn).returncode == 1  # gone
+    assert run_cli("get", ids[2], "--dsn", dsn).returncode == 0  # still active: kept
+    text = run_cli("purge", "--older-than", "7d", "--dsn", dsn)
+    assert text.returncode == 0
+    assert text.stdout.startswith("purged 0 finished execution(s)")
+
+
 USAGE_ERRORS = [
     (["policy", "set", "x"], "--max-concurrent"),
     (["enqueue", "x", "--payload", "{bad"], "--payload"),
@@ -190,6 +209,8 @@ USAGE_ERRORS = [
     (["policy", "set", "x", "--max-concurrent", "1", "--on-limit", "drop"], "--on-limit"),
     (["complete", "not-a-number"], "ID"),
     (["stats", "--group", "g"], "needs ACTION"),
+    (["purge", "--older-than", "soon"], "--older-than"),
+    (["purge", "--older-than", "7d", "--batch", "0"], "--batch"),
     (["worker", "no_such_module_here:app"], "no_such_module_here"),
     (["worker", "worker_apps:nothing"], "no attribute 'nothing'"),
     (["worker", "worker_apps:app", "--actions", "e2e.nope"], "e2e.nope"),
