@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated
 
 import typer
 
 from .. import __version__
+from ..dsn import DSN_ENV
 from . import demo, executions, migrate, policy, purge, stats, worker
 from .bench import bench
 
@@ -39,8 +41,21 @@ def _root(
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--dsn",
+            metavar="CONNINFO",
+            help="Also accepted before the command: fifoq --dsn URI stats.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """FIFO execution queues with per-action concurrency limits, kept in PostgreSQL."""
+    if dsn is not None:
+        # Every command reads $FIFOQ_DSN when it gets no --dsn of its own, and
+        # typer parses the command's options after this callback has run.
+        os.environ[DSN_ENV] = dsn
 
 
 migrate.register(app)

@@ -182,6 +182,17 @@ def test_policy_enqueue_complete_cancel_and_stats(dsn: str) -> None:
     assert "error        disk full" in text.stdout
 
 
+def test_dsn_is_also_accepted_before_the_command(dsn: str) -> None:
+    before = run_cli("--dsn", dsn, "enqueue", "cli.where", "-q")
+    assert before.returncode == 0, before.stderr
+    # The command's own --dsn wins over the one given before it.
+    after = run_cli("--dsn", NO_SERVER, "get", before.stdout.strip(), "--json", "--dsn", dsn)
+    assert after.returncode == 0, after.stderr
+    assert json.loads(after.stdout)["action"] == "cli.where"
+    nowhere = run_cli("--dsn", NO_SERVER, "stats")
+    assert nowhere.returncode == 1 and "port 1" in nowhere.stderr
+
+
 def test_purge_removes_finished_executions_in_batches(dsn: str) -> None:
     ids = []
     for _ in range(3):
