@@ -77,6 +77,8 @@ async def test_the_deferred_commit_does_not_flush_and_the_flush_does(dsn: str) -
     # Whether a transaction waited for the disk shows in its commit mode:
     # the deferred statement runs with synchronous_commit off, flush with on.
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        # The test server may run with it off (no durability needed there).
+        await conn.execute("SET synchronous_commit = on")
         await conn.execute("CREATE TABLE seen (setting text)")
         await conn.execute(
             "CREATE FUNCTION record_commit_mode() RETURNS trigger LANGUAGE plpgsql AS $$"
