@@ -303,7 +303,9 @@ class QueueManager:
         rows = await self._execute(
             query("cancel"),
             {"id": execution_id},
-            changed=lambda rows: [(execution_id, Status.CANCELLED)] if rows[0]["cancelled"] else [],
+            changed=lambda rows: (
+                [Change(execution_id, Status.CANCELLED)] if rows[0]["cancelled"] else []
+            ),
         )
         return bool(rows[0]["cancelled"])
 
@@ -679,7 +681,7 @@ class QueueManager:
         deferred state change (a ``fifoq.*_deferred`` function): its commit
         did not wait for the disk, so ``flush`` follows on the same connection
         and the rows are returned only once they are durable. ``changed`` maps
-        the rows to the (execution id, status) pairs the statement changed
+        the rows to the :class:`Change` of each execution the statement changed
         (none: nothing to flush, e.g. a claim that found no work), which are
         checked if the flush has to be redone elsewhere.
         """
@@ -729,29 +731,27 @@ class QueueManager:
                 return rows
         raise AssertionError("unreachable")
 
-    async def _confirm_durable(
-        self, changes: list[tuple[int, Status]], cause: psycopg.Error
-    ) -> None:
+    async def _confirm_durable(self, changes: list[Change], cause: psycopg.Error) -> None:
         """Flush from another connection and check the changes survived.
 
         Any durable commit on the server waits for the WAL up to itself, which
         covers a commit made before it. If the server crashed in between, the
         change may have been lost with the unflushed WAL: then the execution
-        is found in an earlier status than the one reported, and the call
-        fails instead of reporting a change that did not happen.
+        is found at an earlier stage than reported, or (still live) without
+        the owner it was given, and the call fails instead of reporting a
+        change that did not happen.
         """
         logger.info("connection lost during a flush (%s); flushing elsewhere", cause)
         for attempt in itertools.count():
             try:
                 async with self._pool.connection() as pooled, _autocommit(pooled):
                     await pooled.execute(query("flush"))
-                    for execution_id, status in changes:
-                        cur = await pooled.execute(query("status"), {"id": execution_id})
-                        row = await cur.fetchone()
-                        if row is None or _PROGRESS[Status(row[0])] < _PROGRESS[status]:
+                    for change in changes:
+                        cur = await pooled.execute(query("status"), {"id": change.id})
+                        if not change.survives(await cur.fetchone()):
                             raise FifoqError(
-                                f"the server lost the change of execution {execution_id} to "
-                                f"{status} (it restarted before the change was on disk)"
+                                f"the server lost the change of execution {change.id} to "
+                                f"{change.status} (it restarted before the change was on disk)"
                             ) from cause
                 return
             except psycopg.OperationalError:
@@ -759,19 +759,41 @@ class QueueManager:
                     raise
 
 
-Changed = Callable[[list[dict[str, Any]]], list[tuple[int, Status]]]
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """What a deferred statement did to one execution, as its answer reported it."""
 
-# How far along its life a status is: a change is lost if its execution is
-# later found at an earlier stage than the change reported.
+    id: int
+    status: Status
+    owner: int | None = None
+
+    def survives(self, found: tuple[Any, ...] | None) -> bool:
+        """Whether the execution's (status, owner) as found now still includes this change.
+
+        It may have moved on since (someone completed it), never back: a
+        status earlier in its life than reported, or a live execution that
+        lost the owner it was given, means the change itself was lost.
+        """
+        if found is None:
+            return False
+        status, owner = Status(found[0]), found[1]
+        if _PROGRESS[status] < _PROGRESS[self.status]:
+            return False
+        return status.terminal or self.owner is None or owner == self.owner
+
+
+Changed = Callable[[list[dict[str, Any]]], list[Change]]
+
+# How far along its life a status is.
 _PROGRESS = {
     status: 0 if status is Status.QUEUED else 1 if status is Status.ACTIVE else 2
     for status in Status
 }
 
 
-def _changed_rows(rows: list[dict[str, Any]]) -> list[tuple[int, Status]]:
-    """The (id, status) pairs of execution rows returned by a state change."""
-    return [(row["id"], Status(row["status"])) for row in rows]
+def _changed_rows(rows: list[dict[str, Any]]) -> list[Change]:
+    """What state changes that return execution rows did."""
+    return [Change(row["id"], Status(row["status"]), row["owner"]) for row in rows]
 
 
 @contextlib.asynccontextmanager

@@ -97,8 +97,8 @@ SELECT fifoq.unregister_executor(%(executor)s) AS abandoned;
 SELECT fifoq.maintain() AS summary;
 
 -- name: status
--- An execution's status, by primary key (checking a change after a lost flush).
-SELECT status FROM fifoq.executions WHERE id = %(id)s;
+-- An execution's status and owner, by primary key (checking a change after a lost flush).
+SELECT status, owner FROM fifoq.executions WHERE id = %(id)s;
 
 -- name: purge
 -- One batch of retention (oldest finished executions first); see fifoq.purge.

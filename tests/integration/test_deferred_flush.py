@@ -97,28 +97,33 @@ async def test_the_deferred_commit_does_not_flush_and_the_flush_does(dsn: str) -
         assert await scalar(conn, "SHOW synchronous_commit") == "on"
 
 
-async def install_flush_fault(dsn: str, *, undo_completion: bool) -> None:
-    """Make the next flush end its own connection after ``undo_completion`` (maybe) ran.
+UNDO_COMPLETION = (
+    "UPDATE fifoq.executions SET status = 'active', finished_at = NULL WHERE status = 'succeeded'"
+)
+UNDO_OWNERSHIP = "UPDATE fifoq.executions SET owner = NULL WHERE status = 'active'"
 
-    With ``undo_completion`` the fault also turns succeeded executions back
-    to active first: what a server crash before the flush would have done.
+
+async def install_flush_fault(dsn: str, *, undo: str = "") -> None:
+    """Make the next flush end its own connection, after running ``undo`` (if any).
+
+    ``undo`` turns the change back the way a server crash before the flush
+    would have, so the client's check of what survived can be tested.
     """
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute("CREATE TABLE flush_faults (undo boolean)")
-        await conn.execute("INSERT INTO flush_faults VALUES (%s)", (undo_completion,))
+        await conn.execute("CREATE TABLE flush_faults (undo text)")
+        await conn.execute("INSERT INTO flush_faults VALUES (%s)", (undo,))
         await conn.execute(
             "ALTER PROCEDURE fifoq.flush_and_notify() RENAME TO real_flush_and_notify"
         )
         await conn.execute(
             """
             CREATE PROCEDURE fifoq.flush_and_notify() LANGUAGE plpgsql AS $$
-            DECLARE v_undo boolean;
+            DECLARE v_undo text;
             BEGIN
                 DELETE FROM public.flush_faults RETURNING undo INTO v_undo;
                 IF FOUND THEN
-                    IF v_undo THEN
-                        UPDATE fifoq.executions SET status = 'active', finished_at = NULL
-                        WHERE status = 'succeeded';
+                    IF v_undo <> '' THEN
+                        EXECUTE v_undo;
                     END IF;
                     COMMIT;
                     PERFORM pg_terminate_backend(pg_backend_pid());
@@ -133,7 +138,7 @@ async def install_flush_fault(dsn: str, *, undo_completion: bool) -> None:
 async def test_a_connection_lost_in_the_flush_neither_repeats_nor_drops_the_change(
     dsn: str,
 ) -> None:
-    await install_flush_fault(dsn, undo_completion=False)
+    await install_flush_fault(dsn)
     async with QueueManager.connect(dsn, max_size=2) as qm:
         execution = await qm.enqueue("deferred.lost", {"n": 1})
         assert execution.status is Status.ACTIVE
@@ -145,14 +150,23 @@ async def test_a_connection_lost_in_the_flush_neither_repeats_nor_drops_the_chan
         await qm.complete(execution.id)  # and the manager carries on
 
 
-async def test_a_change_lost_before_its_flush_is_reported_as_an_error(dsn: str) -> None:
+async def test_a_completion_lost_before_its_flush_is_reported_as_an_error(dsn: str) -> None:
     async with QueueManager.connect(dsn, max_size=2) as qm:
         execution = await qm.enqueue("deferred.crash")
-        await install_flush_fault(dsn, undo_completion=True)
+        await install_flush_fault(dsn, undo=UNDO_COMPLETION)
         with pytest.raises(FifoqError, match=f"lost the change of execution {execution.id}"):
             await qm.complete(execution.id)
         # It really is still active, so completing it again is right.
         assert (await qm.get(execution.id)).status is Status.ACTIVE
+
+
+async def test_an_ownership_lost_before_its_flush_is_reported_as_an_error(dsn: str) -> None:
+    async with QueueManager.connect(dsn, max_size=2) as qm:
+        execution = await qm.enqueue("deferred.owner")  # active, nobody owns it
+        await install_flush_fault(dsn, undo=UNDO_OWNERSHIP)
+        with pytest.raises(FifoqError, match=f"lost the change of execution {execution.id}"):
+            await qm.wait_started(execution.id)
+        assert (await qm.get(execution.id)).owner is None
 
 
 async def test_a_callers_pool_without_autocommit_works_and_is_left_as_it_was(dsn: str) -> None:
