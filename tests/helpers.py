@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import itertools
 import sys
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar, overload
 
 import psycopg
+import pytest
 from psycopg.rows import dict_row
 
 T = TypeVar("T")
@@ -240,7 +242,33 @@ def dump_tasks(reason: str) -> str:
     return "\n".join(lines)
 
 
+async def executor_row(dsn: str, executor_id: int) -> tuple[object, object]:
+    """(ended_at, end_reason) of an executor: (None, None) while it is alive."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(
+            "SELECT ended_at, end_reason FROM fifoq.executors WHERE id = %s", (executor_id,)
+        )
+        row = await cur.fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
 async def watchdog(after: float) -> None:
     """Print :func:`dump_tasks` to stderr if still running ``after`` seconds from now."""
     await asyncio.sleep(after)
     print(dump_tasks(f"test still running after {after} s"), file=sys.stderr, flush=True)
+
+
+# A test that runs this long is stuck: print what every task waits on
+# (pytest-timeout, which fires later, shows threads only).
+WATCHDOG_SECONDS = 120.0
+
+
+@pytest.fixture(autouse=True)
+async def stuck_test_watchdog() -> AsyncIterator[None]:
+    """Autouse where imported (a conftest): dumps the asyncio tasks of a stuck test."""
+    task = asyncio.create_task(watchdog(WATCHDOG_SECONDS))
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

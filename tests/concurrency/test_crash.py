@@ -7,24 +7,13 @@ import os
 import signal
 import time
 
-import psycopg
 import pytest
-from helpers import assert_fifo_and_limit, fetch_rows, wait_until
+from helpers import assert_fifo_and_limit, executor_row, fetch_rows, wait_until
 from racers import SPAWN, hold_a_slot_then_hang, start
 
 from fifoq import ExecutionAbandoned, QueueManager, Status
 
 LEASE = 1.0  # of the process that gets killed (see racers.hold_a_slot_then_hang)
-
-
-async def executor_row(dsn: str, executor_id: int) -> tuple[object, object]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT ended_at, end_reason FROM fifoq.executors WHERE id = %s", (executor_id,)
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    return row[0], row[1]
 
 
 async def test_sigkilled_process_slot_goes_to_the_next_waiter_within_the_lease(dsn: str) -> None:

@@ -8,22 +8,12 @@ import time
 
 import psycopg
 import pytest
-from helpers import assert_fifo_and_limit, fetch_rows, wait_until
+from helpers import assert_fifo_and_limit, executor_row, fetch_rows, wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fifoq import QueueManager, Status
 
 from .proxy import BlackholeProxy
-
-
-async def executor_row(dsn: str, executor_id: int) -> tuple[object, object]:
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        cur = await conn.execute(
-            "SELECT ended_at, end_reason FROM fifoq.executors WHERE id = %s", (executor_id,)
-        )
-        row = await cur.fetchone()
-    assert row is not None
-    return row[0], row[1]
 
 
 async def run_with_terminations(dsn: str, *, executions: int, seed: int) -> dict[str, int]:

@@ -2,27 +2,14 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 from collections.abc import AsyncIterator
 
 import pytest
-from helpers import watchdog
+from helpers import stuck_test_watchdog
 
 from fifoq import QueueManager
 
-# A test that runs this long is stuck: print what every task waits on
-# (pytest-timeout, which fires later, shows threads only).
-WATCHDOG_SECONDS = 120.0
-
-
-@pytest.fixture(autouse=True)
-async def _watchdog() -> AsyncIterator[None]:
-    task = asyncio.create_task(watchdog(WATCHDOG_SECONDS))
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+__all__ = ["stuck_test_watchdog"]  # autouse: imported here, it applies to every test below
 
 
 @pytest.fixture
