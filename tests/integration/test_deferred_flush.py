@@ -73,9 +73,11 @@ async def test_an_owner_hears_of_its_admission_only_after_the_flush(dsn: str) ->
         assert len(heard) == 1 and heard[0].startswith(f"{waiting} active "), heard
 
 
-async def test_the_deferred_commit_does_not_flush_and_the_flush_does(dsn: str) -> None:
-    # Whether a transaction waited for the disk shows in its commit mode:
-    # the deferred statement runs with synchronous_commit off, flush with on.
+async def test_the_deferred_statement_commits_without_waiting_and_the_plain_one_waits(
+    dsn: str,
+) -> None:
+    # A transaction's commit waits for the disk unless synchronous_commit is
+    # off in it: a trigger records the setting inside each enqueue.
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         # The test server may run with it off (no durability needed there).
         await conn.execute("SET synchronous_commit = on")
@@ -95,6 +97,22 @@ async def test_the_deferred_commit_does_not_flush_and_the_flush_does(dsn: str) -
         assert [r[0] for r in await cur.fetchall()] == ["off", "on"]
         # The session's own setting is back once the deferred transaction ended.
         assert await scalar(conn, "SHOW synchronous_commit") == "on"
+
+
+async def test_the_flush_puts_the_deferred_commit_on_disk(dsn: str) -> None:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("SET synchronous_commit = on")
+        # Catch a deferred commit before the WAL writer flushed it by itself
+        # (it does so within wal_writer_delay): then only the flush can.
+        for _ in range(50):
+            await conn.execute("SELECT fifoq.enqueue_deferred('deferred.disk')")
+            written = await scalar(conn, "SELECT pg_current_wal_insert_lsn()")
+            if await scalar(conn, "SELECT pg_current_wal_flush_lsn() < %s", written):
+                break
+        else:
+            pytest.fail("every deferred commit was already flushed when it returned")
+        await conn.execute("CALL fifoq.flush_and_notify()")
+        assert await scalar(conn, "SELECT pg_current_wal_flush_lsn() >= %s", written)
 
 
 UNDO_COMPLETION = (
