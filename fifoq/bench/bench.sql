@@ -62,9 +62,10 @@ FROM fifoq.executions e
 WHERE e.id = ANY (%(ids)s);
 
 -- name: explain_cancel
--- Runs the cancel for real (EXPLAIN ANALYZE executes it); "Execution Time" is
--- the server-side time of fifoq.cancel, without parsing, planning and commit.
-EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) SELECT fifoq.cancel(%(id)s);
+-- Runs the cancel for real, as QueueManager.cancel does (EXPLAIN ANALYZE
+-- executes it; `flush` follows); "Execution Time" is the server-side time of
+-- fifoq.cancel, without parsing, planning and commit.
+EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) SELECT fifoq.cancel_deferred(%(id)s);
 
 -- name: explain_refresh_stats
 EXPLAIN (ANALYZE, TIMING OFF, FORMAT JSON) SELECT fifoq.refresh_stats();
@@ -145,12 +146,12 @@ INSERT INTO fifoq_bench_lock VALUES (1, 0);
 -- name: lock_transaction
 -- What fifoq does per state change, minus the work: take the lock (held to
 -- commit), change a row, commit without waiting for the disk (the deferred
--- statement), then `lock_flush`.
+-- statement), then `flush`.
 WITH locked AS (SELECT pg_advisory_xact_lock(1718183599, 1),
                        set_config('synchronous_commit', 'off', true))
 UPDATE fifoq_bench_lock SET n = n + 1 FROM locked WHERE id = 1;
 
--- name: lock_flush
+-- name: flush
 -- The durable flush that follows each deferred statement (no lock held).
 CALL fifoq.flush_and_notify();
 

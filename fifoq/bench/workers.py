@@ -177,7 +177,7 @@ async def _lock_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
             done = 0
             while time.perf_counter() < deadline:
                 await conn.execute(query("lock_transaction"), {})
-                await conn.execute(query("lock_flush"), {})
+                await conn.execute(query("flush"), {})
                 done += 1
             return done
 
