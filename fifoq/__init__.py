@@ -17,7 +17,7 @@ from .errors import (
 )
 from .manager import QueueManager
 from .migrations import migrate, rollback
-from .models import Execution, Policy, QueueStats, Status
+from .models import Execution, Outcome, Policy, Purged, QueueStats, Status
 from .worker import App
 
 __all__ = [
@@ -30,6 +30,7 @@ __all__ = [
     "InvalidInput",
     "InvalidPolicy",
     "InvalidTransition",
+    "Outcome",
     "Policy",
     "PolicyRejected",
     "Purged",

@@ -12,7 +12,7 @@ import math
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, LiteralString
@@ -32,11 +32,13 @@ from .errors import (
     wrap_database_errors,
 )
 from .listener import Listener
-from .models import Execution, Policy, Purged, QueueStats, Status
+from .models import Execution, Outcome, Policy, Purged, QueueStats, Status
 from .queries import query
 from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     check_action,
+    check_batch_size,
+    check_error_text,
     check_group,
     check_policy,
     to_json,
@@ -246,6 +248,54 @@ class QueueManager:
         """
         return await self._enqueue(action, payload, group=group, owner=None, conn=conn)
 
+    async def enqueue_many(
+        self,
+        action: str,
+        payloads: Iterable[Any],
+        *,
+        group: str | None = None,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> list[Execution]:
+        """Enqueue one execution per payload, in one statement: all of them or none.
+
+        The same as :meth:`enqueue` for each payload in turn -- each queue's
+        share gets consecutive seq numbers in input order, and what starts at
+        once is what single enqueues would start -- for one round trip, one
+        queue lock and one commit. Raises ``QueueFull`` when the waiting part
+        does not fit, ``PolicyRejected`` (``on_limit="reject"``) when any one
+        could not start at once; nothing is stored then. At most 10,000
+        payloads per call. Returns the executions in the order of
+        ``payloads``. ``conn`` works as for :meth:`enqueue`.
+        """
+        check_action(action)
+        if isinstance(payloads, str | bytes | dict):
+            raise InvalidInput(
+                f"payloads must be a list of payloads, got a {type(payloads).__name__}"
+            )
+        values = list(payloads)
+        check_batch_size(len(values), what="payloads")
+        params = {
+            "action": action,
+            "payloads": [
+                to_json(p, what=f"payload {i}", limit=self.max_payload_bytes)
+                for i, p in enumerate(values)
+            ],
+            "group": check_group(group),
+            "owner": None,
+        }
+        if not values:
+            return []
+        if conn is not None:
+            rows = await self._execute(query("enqueue_many"), params, conn=conn)
+        else:
+            rows = await self._execute(
+                query("enqueue_many_deferred"), params, changed=_changed_rows
+            )
+        return [
+            dataclasses.replace(Execution.from_row(row), payload=payload)
+            for row, payload in zip(rows, values, strict=True)
+        ]
+
     async def enqueue_and_wait(
         self,
         action: str,
@@ -285,14 +335,52 @@ class QueueManager:
         Raises ``InvalidTransition`` unless it is active, ``UnknownExecution``.
         """
         result_json = to_json(result, what="result", limit=self.max_payload_bytes)
-        if error is not None and not isinstance(error, str):
-            raise InvalidInput(f"error must be a string, got {type(error).__name__}")
-        if error is not None and "\x00" in error:
-            raise InvalidInput("error contains a NUL character, which PostgreSQL cannot store")
         row = await self._change_one(
-            query("complete"), {"id": execution_id, "result": result_json, "error": error}
+            query("complete"),
+            {"id": execution_id, "result": result_json, "error": check_error_text(error)},
         )
         return Execution.from_row(row)
+
+    async def complete_many(self, outcomes: Iterable[Outcome]) -> list[Execution]:
+        """Finish many active executions in one statement: all of them or none.
+
+        Each :class:`Outcome` is ``succeeded`` with its result, or ``failed``
+        when it has an error; freed slots go to the next in line in the same
+        transaction, as with :meth:`complete`. Raises ``InvalidTransition``
+        when any one is not active and ``UnknownExecution`` for an unknown id,
+        changing nothing; an id given twice is ``InvalidInput``. At most 10,000
+        per call. Returns the executions in the order given.
+        """
+        items = list(outcomes)
+        check_batch_size(len(items), what="outcomes")
+        ids: list[int] = []
+        results: list[str | None] = []
+        errors: list[str | None] = []
+        for item in items:
+            if not isinstance(item, Outcome):
+                raise InvalidInput(f"expected fifoq.Outcome items, got {type(item).__name__}")
+            if isinstance(item.execution_id, bool) or not isinstance(item.execution_id, int):
+                raise InvalidInput(f"execution ids are integers, got {item.execution_id!r}")
+            ids.append(item.execution_id)
+            results.append(
+                to_json(
+                    item.result,
+                    what=f"result of execution {item.execution_id}",
+                    limit=self.max_payload_bytes,
+                )
+            )
+            errors.append(check_error_text(item.error))
+        if len(set(ids)) != len(ids):
+            again = next(i for i in ids if ids.count(i) > 1)
+            raise InvalidInput(f"execution {again} appears more than once in the batch")
+        if not items:
+            return []
+        rows = await self._execute(
+            query("complete_many"),
+            {"ids": ids, "results": results, "errors": errors},
+            changed=_changed_rows,
+        )
+        return [Execution.from_row(row) for row in rows]
 
     async def cancel(self, execution_id: int) -> bool:
         """Cancel a queued or active execution; False if it had already finished.

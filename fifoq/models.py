@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-__all__ = ["Execution", "Policy", "Purged", "QueueStats", "Status"]
+__all__ = ["Execution", "Outcome", "Policy", "Purged", "QueueStats", "Status"]
 
 
 class Status(enum.StrEnum):
@@ -61,6 +61,18 @@ class Execution:
             finished_at=row["finished_at"],
             owner=row["owner"],
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one active execution ended, for :meth:`QueueManager.complete_many`.
+
+    ``succeeded`` with ``result``, or ``failed`` when ``error`` is given.
+    """
+
+    execution_id: int
+    result: Any = None
+    error: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

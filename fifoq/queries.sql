@@ -19,6 +19,18 @@ SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
        enqueued_at, started_at, finished_at, owner
 FROM fifoq.enqueue_deferred(%(action)s, %(payload)s::jsonb, %(group)s, %(owner)s);
 
+-- name: enqueue_many
+-- Many enqueues of one action in one statement, in the caller's transaction.
+-- Rows come back in input order; payloads are left out (the caller has them).
+SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.enqueue_many(%(action)s, %(payloads)s::jsonb[], %(group)s, %(owner)s);
+
+-- name: enqueue_many_deferred
+SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.enqueue_many_deferred(%(action)s, %(payloads)s::jsonb[], %(group)s, %(owner)s);
+
 -- name: flush
 -- After a *_deferred statement, on the same connection: returns once that
 -- statement's commit is on disk, then sends the notifications it held back.
@@ -34,6 +46,12 @@ FROM fifoq.watch_deferred(%(id)s, %(executor)s);
 SELECT id, action, "group", seq, status, payload, result, error,
        enqueued_at, started_at, finished_at, owner
 FROM fifoq.complete_deferred(%(id)s, %(result)s::jsonb, %(error)s);
+
+-- name: complete_many
+-- Many completions in one statement, all or nothing; rows in input order.
+SELECT id, action, "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.complete_many_deferred(%(ids)s::bigint[], %(results)s::jsonb[], %(errors)s::text[]);
 
 -- name: cancel
 SELECT fifoq.cancel_deferred(%(id)s) AS cancelled;

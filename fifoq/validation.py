@@ -15,7 +15,10 @@ from .errors import InvalidInput, InvalidPolicy
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
+    "MAX_BATCH",
     "check_action",
+    "check_batch_size",
+    "check_error_text",
     "check_group",
     "check_policy",
     "to_json",
@@ -27,6 +30,9 @@ _INT4_MAX = 2**31 - 1
 # About 31 years. A longer timeout would overflow PostgreSQL's interval and
 # timestamp types when the deadline is computed, failing every enqueue.
 MAX_QUEUE_TIMEOUT = 1e9
+# Executions per enqueue_many / complete_many call: one statement carries them
+# all, and the queue lock is held while it runs.
+MAX_BATCH = 10_000
 
 
 def _name_problem(name: object) -> str | None:
@@ -71,6 +77,21 @@ def to_json(value: Any, *, what: str, limit: int) -> str | None:
     if size > limit:
         raise InvalidInput(f"{what} is {size} bytes of JSON, over the limit of {limit} bytes")
     return text
+
+
+def check_error_text(error: object) -> str | None:
+    """Return an execution's error text (None: no error), or raise InvalidInput."""
+    if error is not None and not isinstance(error, str):
+        raise InvalidInput(f"error must be a string, got {type(error).__name__}")
+    if error is not None and "\x00" in error:
+        raise InvalidInput("error contains a NUL character, which PostgreSQL cannot store")
+    return error
+
+
+def check_batch_size(count: int, *, what: str) -> None:
+    """Raise InvalidInput when a batch holds more than :data:`MAX_BATCH` items."""
+    if count > MAX_BATCH:
+        raise InvalidInput(f"{what}: {count} in one call, over the limit of {MAX_BATCH}")
 
 
 def _check_int(action: str, field: str, value: object, minimum: int) -> int:

@@ -1,0 +1,276 @@
+-- Batches: enqueue many executions, or complete many, in one statement.
+-- depends: 0007_purge
+--
+-- Why. One execution costs a fixed price per statement -- a round trip,
+-- the queue lock, a commit and its WAL flush, plpgsql entry, the policy
+-- lookup -- that is several times the price of the rows it writes (README
+-- "Performance"). A producer that has many requests at hand and a worker
+-- whose handlers finish together can pay it once per batch instead.
+--
+-- What stays the same. A batch is one transaction under the same queue
+-- locks, so it is all or nothing, and the guarantees are those of the
+-- single-execution functions it mirrors (fifoq.enqueue, fifoq.complete):
+--   * seq is still commit order: a batch takes a contiguous range of seq
+--     numbers from queues.last_seq under the queue lock, held to commit, in
+--     the order of its input, so nothing can slip into or before the range
+--     while it is in flight.
+--   * FIFO and the limit: a batch admits at once only what a single
+--     enqueue would (free slots and nobody waiting, in input order); the
+--     rest waits behind everyone already queued. A completion batch frees
+--     its slots and admits each queue's head with fifoq.admit.
+--   * Deadlock freedom: a batch that touches several queues (group_by, or
+--     completions of several actions) locks them in ascending queue id
+--     order, the order every other multi-queue function uses.
+
+CREATE FUNCTION fifoq.enqueue_many(
+    p_action   text,
+    p_payloads jsonb[],
+    p_group    text DEFAULT NULL,
+    p_owner    bigint DEFAULT NULL
+) RETURNS SETOF fifoq.execution_details
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_policy  fifoq.policies;
+    v_groups  text[];
+    v_bad     text;
+    v_queue   record;
+    v_locked  integer[] := '{}';
+    v_row     fifoq.queues;
+    v_n       integer;
+    v_admit   integer;
+    v_wait    integer;
+    v_first   bigint;
+    v_where   text;
+    v_ids     bigint[] := '{}';
+    v_ords    bigint[] := '{}';
+BEGIN
+    IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ422',
+            MESSAGE = format('invalid action name %L: must be 1-255 characters without control characters', p_action);
+    END IF;
+    IF coalesce(cardinality(p_payloads), 0) = 0 THEN
+        RETURN;
+    END IF;
+    v_policy := fifoq.policy_for(p_action);
+
+    -- The group of each payload, exactly as fifoq.enqueue derives it.
+    IF coalesce(p_group, '') <> '' OR coalesce(cardinality(v_policy.group_by), 0) = 0 THEN
+        v_groups := array_fill(coalesce(p_group, ''), ARRAY[cardinality(p_payloads)]);
+    ELSE
+        SELECT array_agg(fifoq.group_key(v_policy.group_by, p) ORDER BY ord) INTO v_groups
+        FROM unnest(p_payloads) WITH ORDINALITY AS t(p, ord);
+    END IF;
+    SELECT g INTO v_bad FROM unnest(v_groups) AS g WHERE g <> '' AND NOT fifoq.valid_name(g) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ422',
+            MESSAGE = format('invalid group name %L for action %L: must be 1-255 characters without control characters',
+                             v_bad, p_action);
+    END IF;
+
+    -- Every queue of the batch exists before any is locked; then the locks
+    -- are taken in ascending id order (deadlock-free against other batches
+    -- and against fifoq.abandon_owned, maintain and set_policy).
+    FOR v_queue IN
+        SELECT fifoq.ensure_queue(p_action, g) AS id, g AS group_key
+        FROM (SELECT DISTINCT g FROM unnest(v_groups) AS g) AS d
+        ORDER BY 1
+    LOOP
+        PERFORM fifoq.lock_queue(v_queue.id);
+        v_locked := v_locked || v_queue.id;
+    END LOOP;
+
+    FOR v_queue IN
+        SELECT q.id, q.group_key FROM fifoq.queues q WHERE q.id = ANY (v_locked) ORDER BY q.id
+    LOOP
+        -- Read under the lock: a new statement sees what the previous holder committed.
+        SELECT * INTO v_row FROM fifoq.queues WHERE id = v_queue.id;
+        SELECT count(*) INTO v_n FROM unnest(v_groups) AS g WHERE g = v_queue.group_key;
+        -- Admitted at once: only into free slots of a queue nobody waits in
+        -- (a newcomer never jumps the line), and in input order.
+        v_admit := CASE WHEN v_row.queued_count > 0 THEN 0
+                        ELSE least(v_n, greatest(coalesce(v_policy.max_concurrent - v_row.active_count, v_n), 0))
+                   END;
+        v_wait := v_n - v_admit;
+        IF v_wait > 0 THEN
+            v_where := CASE WHEN v_queue.group_key = '' THEN '' ELSE format(' (group %L)', v_queue.group_key) END;
+            IF v_policy.on_limit = 'reject' THEN
+                RAISE EXCEPTION USING ERRCODE = 'FQ403',
+                    MESSAGE = format('action %L%s is at its limit: %s of %s active, %s waiting; %s of the %s '
+                                     'executions in this batch could not start at once (on_limit=reject)',
+                                     p_action, v_where, v_row.active_count, v_policy.max_concurrent,
+                                     v_row.queued_count, v_wait, v_n);
+            END IF;
+            IF v_row.queued_count + v_wait > v_policy.max_queue_length THEN
+                RAISE EXCEPTION USING ERRCODE = 'FQ429',
+                    MESSAGE = format('queue full for action %L%s: %s of %s waiting, a batch of %s would add %s',
+                                     p_action, v_where, v_row.queued_count, v_policy.max_queue_length,
+                                     v_n, v_wait);
+            END IF;
+        END IF;
+
+        UPDATE fifoq.queues
+        SET last_seq = last_seq + v_n,
+            total_enqueued = total_enqueued + v_n,
+            queued_count = queued_count + v_wait,
+            active_count = active_count + v_admit
+        WHERE id = v_queue.id
+        RETURNING last_seq - v_n INTO v_first;
+
+        -- One insert for the queue's share of the batch, in input order:
+        -- seq, id, enqueued_at and started_at all grow with it.
+        WITH mine AS (
+            SELECT p, ord, row_number() OVER (ORDER BY ord) AS rank
+            FROM unnest(p_payloads, v_groups) WITH ORDINALITY AS t(p, g, ord)
+            WHERE g = v_queue.group_key
+        ), inserted AS (
+            INSERT INTO fifoq.executions (queue_id, seq, status, owner, enqueued_at, deadline, started_at, payload)
+            SELECT v_queue.id, v_first + rank,
+                   CASE WHEN rank <= v_admit THEN 'active' ELSE 'queued' END::fifoq.execution_status,
+                   p_owner,
+                   clock_timestamp(),
+                   CASE WHEN rank > v_admit THEN clock_timestamp() + v_policy.queue_timeout * interval '1 second' END,
+                   CASE WHEN rank <= v_admit THEN clock_timestamp() END,
+                   p
+            FROM mine
+            ORDER BY rank
+            RETURNING id, seq
+        )
+        SELECT v_ids || array_agg(i.id ORDER BY i.seq), v_ords || array_agg(m.ord ORDER BY i.seq)
+        INTO v_ids, v_ords
+        FROM inserted i JOIN mine m ON m.rank = i.seq - v_first;
+
+        IF v_admit > 0 AND p_owner IS NULL THEN
+            PERFORM pg_notify('fifoq_work', p_action);
+        END IF;
+    END LOOP;
+
+    -- The answer in input order (the caller pairs it with its payloads).
+    RETURN QUERY
+        SELECT d.* FROM unnest(v_ids, v_ords) AS u(id, ord)
+        JOIN fifoq.execution_details d ON d.id = u.id
+        ORDER BY u.ord;
+END
+$$;
+COMMENT ON FUNCTION fifoq.enqueue_many(text, jsonb[], text, bigint) IS
+    'fifoq.enqueue for many payloads in one transaction: all are stored, in input order (contiguous seq per queue), '
+    'or none. Admits at once what single enqueues would; FQ429 if the queue cannot hold the waiting part, FQ403 '
+    'with on_limit=reject if any could not start at once. Returns the executions in input order.';
+
+CREATE FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors text[])
+RETURNS SETOF fifoq.execution_details
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_n        integer := coalesce(cardinality(p_ids), 0);
+    v_bad      bigint;
+    v_queue_id integer;
+    v_done     integer;
+    v_ok       integer;
+    v_failed   integer;
+    v_queued   integer;
+    v_status   fifoq.execution_status;
+BEGIN
+    IF v_n = 0 THEN
+        RETURN;
+    END IF;
+    IF coalesce(cardinality(p_results), 0) <> v_n OR coalesce(cardinality(p_errors), 0) <> v_n THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ422',
+            MESSAGE = format('complete_many needs one result and one error per execution: %s ids, %s results, %s errors',
+                             v_n, coalesce(cardinality(p_results), 0), coalesce(cardinality(p_errors), 0));
+    END IF;
+    SELECT i INTO v_bad FROM unnest(p_ids) AS i GROUP BY i HAVING count(*) > 1 OR i IS NULL LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ422',
+            MESSAGE = format('execution %s appears more than once in the batch', coalesce(v_bad::text, 'NULL'));
+    END IF;
+    SELECT i INTO v_bad FROM unnest(p_ids) AS i
+    WHERE NOT EXISTS (SELECT 1 FROM fifoq.executions e WHERE e.id = i) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ404', MESSAGE = format('unknown execution %s', v_bad);
+    END IF;
+
+    -- Each queue of the batch, locked in ascending id order, then its share
+    -- completed exactly as fifoq.complete does: only active executions (so
+    -- a repeated completion never frees a second slot), counters, admission
+    -- of the head into the freed slots, owner notifications.
+    FOR v_queue_id IN
+        SELECT DISTINCT e.queue_id FROM fifoq.executions e WHERE e.id = ANY (p_ids) ORDER BY 1
+    LOOP
+        PERFORM fifoq.lock_queue(v_queue_id);
+        -- Checked under the lock, before anything changes: the RAISE leaves
+        -- the whole batch undone, including queues completed before this one.
+        SELECT e.id, e.status INTO v_bad, v_status FROM fifoq.executions e
+        WHERE e.id = ANY (p_ids) AND e.queue_id = v_queue_id AND e.status <> 'active'
+        ORDER BY e.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION USING ERRCODE = 'FQ409',
+                MESSAGE = format('cannot complete execution %s: it is %s, not active', v_bad, v_status);
+        END IF;
+        WITH input AS (
+            SELECT * FROM unnest(p_ids, p_results, p_errors) AS t(id, result, error)
+        ), done AS (
+            UPDATE fifoq.executions e
+            SET status = CASE WHEN i.error IS NULL THEN 'succeeded' ELSE 'failed' END::fifoq.execution_status,
+                result = i.result, error = i.error, finished_at = clock_timestamp()
+            FROM input i
+            WHERE e.id = i.id AND e.queue_id = v_queue_id AND e.status = 'active'
+            RETURNING e.id, e.owner, e.status, e.finished_at
+        ), told AS (
+            SELECT d.status, fifoq.notify_owner(d.owner, d.id, d.status, d.finished_at) FROM done d
+        )
+        SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed')
+        INTO v_done, v_ok, v_failed
+        FROM told;
+        UPDATE fifoq.queues
+        SET active_count = active_count - v_done,
+            total_succeeded = total_succeeded + v_ok,
+            total_failed = total_failed + v_failed
+        WHERE id = v_queue_id
+        RETURNING queued_count INTO v_queued;
+        IF v_queued > 0 THEN
+            PERFORM fifoq.admit(v_queue_id);
+        END IF;
+    END LOOP;
+
+    RETURN QUERY
+        SELECT d.* FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
+        JOIN fifoq.execution_details d ON d.id = u.id
+        ORDER BY u.ord;
+END
+$$;
+COMMENT ON FUNCTION fifoq.complete_many(bigint[], jsonb[], text[]) IS
+    'fifoq.complete for many executions in one transaction: each succeeded (NULL error) or failed, slots freed and '
+    'heads admitted; all or nothing (FQ404 unknown id, FQ409 one not active, FQ422 mismatched arrays or a repeated id). '
+    'Returns the executions in input order.';
+
+-- The deferred forms, as in 0006_flush_outside_lock.sql: follow each with
+-- CALL fifoq.flush_and_notify() on the same connection.
+
+CREATE FUNCTION fifoq.enqueue_many_deferred(
+    p_action   text,
+    p_payloads jsonb[],
+    p_group    text DEFAULT NULL,
+    p_owner    bigint DEFAULT NULL
+) RETURNS SETOF fifoq.execution_details
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN QUERY SELECT * FROM fifoq.enqueue_many(p_action, p_payloads, p_group, p_owner);
+END
+$$;
+COMMENT ON FUNCTION fifoq.enqueue_many_deferred(text, jsonb[], text, bigint) IS
+    'fifoq.enqueue_many committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+
+CREATE FUNCTION fifoq.complete_many_deferred(p_ids bigint[], p_results jsonb[], p_errors text[])
+RETURNS SETOF fifoq.execution_details
+LANGUAGE plpgsql VOLATILE
+AS $$
+BEGIN
+    PERFORM fifoq.defer_flush();
+    RETURN QUERY SELECT * FROM fifoq.complete_many(p_ids, p_results, p_errors);
+END
+$$;
+COMMENT ON FUNCTION fifoq.complete_many_deferred(bigint[], jsonb[], text[]) IS
+    'fifoq.complete_many committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
