@@ -30,6 +30,13 @@ SELECT count(*) AS executions,
        extract(epoch FROM max(e.finished_at))::float8 AS last_finished
 FROM fifoq.executions e;
 
+-- name: finished_count
+-- How many executions have ended, from the queue counters (cheap to poll:
+-- one small row per queue, no scan of the executions).
+SELECT coalesce(sum(total_succeeded + total_failed + total_cancelled + total_timed_out
+                    + total_abandoned), 0)::bigint
+FROM fifoq.queues;
+
 -- name: queued_head
 -- The waiting execution of a queue, once its waiter has enqueued it and
 -- registered its wait (watch sets the owner); latency workloads.

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from .machine import Machine
 from .workloads import (
+    PRODUCER_BATCH,
     CancelResult,
     Distribution,
     HandoffResult,
@@ -71,7 +72,7 @@ class Results:
                 goal = ORIGINAL_TARGETS[t.limit]
                 found.append(
                     Target(
-                        f"{t.label}, {t.processes} proc (original)",
+                        f"{t.label}, {t.processes} proc, {t.api} (original)",
                         f"> {goal:,.0f}/s",
                         f"{t.median:,.0f}/s",
                         t.median > goal,
@@ -85,7 +86,7 @@ class Results:
             ):
                 found.append(
                     Target(
-                        f"{t.label}, {t.processes} proc",
+                        f"{t.label}, {t.processes} proc, {t.api}",
                         f">= {FIFOQ_TARGET_RATE:,.0f}/s",
                         f"{t.median:,.0f}/s",
                         t.median >= FIFOQ_TARGET_RATE,
@@ -93,7 +94,7 @@ class Results:
                 )
                 found.append(
                     Target(
-                        f"{t.label}, {t.processes} proc vs ceiling",
+                        f"{t.label}, {t.processes} proc, {t.api} vs ceiling",
                         f">= {FIFOQ_TARGET_RATIO:.0%}",
                         f"{t.ratio:.0%} of {t.ceiling_median:,.0f}/s",
                         t.ratio >= FIFOQ_TARGET_RATIO,
@@ -229,13 +230,14 @@ def print_report(console: Console, results: Results) -> None:
             title=f"Throughput, executions/s end to end (median of {runs} run{'s' * (runs > 1)})",
             title_justify="left",
         )
-        columns = ("workload", "limit", "processes", "fifoq", "ceiling", "ratio")
+        columns = ("workload", "api", "limit", "processes", "fifoq", "ceiling", "ratio")
         for column in (*columns, "one-lock bound", "of bound", "runs"):
             table.add_column(column, justify="left" if column == "workload" else "right")
         for t in results.throughput:
             bound = (f"{t.lock_bound:,.0f}", f"{t.bound_ratio:.0%}") if t.lock_rates else ("-", "-")
             table.add_row(
                 t.label,
+                t.api,
                 str(t.limit),
                 str(t.processes),
                 f"{t.median:,.0f}",
@@ -245,6 +247,13 @@ def print_report(console: Console, results: Results) -> None:
                 " ".join(f"{r:,.0f}" for r in t.rates),
             )
         console.print(table)
+        console.print(
+            "  api: 'per call' runs enqueue_and_wait + complete for each execution in executor "
+            "processes; 'batched' runs one producer process (enqueue_many, "
+            f"{PRODUCER_BATCH} at a time) and that many fifoq.Worker processes, whose "
+            "completions are grouped per statement.",
+            style="dim",
+        )
         console.print(
             "  ceiling: the same number of insert+update pairs (one commit each) from the same "
             "processes and connections, in the same database, just before. one-lock bound: half "
@@ -342,23 +351,30 @@ def write_plot(results: Results, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    labels = list(dict.fromkeys(t.label for t in results.throughput))  # first-seen order
-    for i, label in enumerate(labels):
+    # first-seen order
+    labels = list(dict.fromkeys(t.label for t in results.throughput))
+    apis = list(dict.fromkeys(t.api for t in results.throughput))
+    lines = [(label, api) for label in labels for api in apis]
+    for i, (label, api) in enumerate(lines):
         points = sorted(
-            (t for t in results.throughput if t.label == label), key=lambda t: t.processes
+            (t for t in results.throughput if t.label == label and t.api == api),
+            key=lambda t: t.processes,
         )
+        if not points:
+            continue
         xs = [t.processes for t in points]
         color = f"C{i}"
-        left.plot(xs, [t.median for t in points], "o-", color=color, label=f"fifoq {label}")
-        left.plot(
-            xs,
-            [t.ceiling_median for t in points],
-            "s--",
-            color=color,
-            alpha=0.5,
-            label=f"ceiling ({label})",
-        )
-        if all(t.lock_rates for t in points):
+        left.plot(xs, [t.median for t in points], "o-", color=color, label=f"fifoq {label}, {api}")
+        if api == apis[0]:  # the ceiling and the bound are shared by both apis
+            left.plot(
+                xs,
+                [t.ceiling_median for t in points],
+                "s--",
+                color=color,
+                alpha=0.5,
+                label=f"ceiling ({label})",
+            )
+        if api == apis[0] and all(t.lock_rates for t in points):
             left.plot(
                 xs,
                 [t.lock_bound for t in points],
@@ -367,7 +383,7 @@ def write_plot(results: Results, path: Path) -> None:
                 alpha=0.7,
                 label=f"one-lock bound ({label})",
             )
-        right.plot(xs, [100 * t.ratio for t in points], "o-", color=color, label=label)
+        right.plot(xs, [100 * t.ratio for t in points], "o-", color=color, label=f"{label}, {api}")
     left.axhline(FIFOQ_TARGET_RATE, color="grey", linestyle=":", label="target 3,000/s")
     right.axhline(100 * FIFOQ_TARGET_RATIO, color="grey", linestyle=":", label="target 50 %")
     left.set(title="Executions/s end to end", xlabel="executor processes", ylabel="executions/s")

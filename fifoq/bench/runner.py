@@ -191,10 +191,10 @@ class BenchOptions:
     def steps(self) -> int:
         """How many progress steps the run takes."""
         s = self.sizes
-        runs = len(self.processes) * self.repeat * 2  # ceiling + fifoq
+        runs = len(self.processes) * self.repeat * 3  # ceiling + fifoq per call + batched
         count = 0
         if "throughput" in self.workloads:
-            count += len(s.single) * runs * 3 // 2  # and the one-lock bound
+            count += len(s.single) * runs * 4 // 3  # and the one-lock bound
         if "many_queues" in self.workloads:
             count += runs
         count += ("handoff" in self.workloads) + ("cancel" in self.workloads)
@@ -230,7 +230,7 @@ async def _run_workloads(
     if "throughput" in options.workloads:
         for executions, limit in s.single:
             for processes in options.processes:
-                results.throughput.append(
+                results.throughput.extend(
                     await run_throughput(
                         server,
                         workload="single",
@@ -246,7 +246,7 @@ async def _run_workloads(
                 )
     if "many_queues" in options.workloads:
         for processes in options.processes:
-            results.throughput.append(
+            results.throughput.extend(
                 await run_throughput(
                     server,
                     workload="many",

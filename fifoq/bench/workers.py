@@ -21,6 +21,7 @@ import psycopg
 
 from ..errors import ExecutionCancelled
 from ..manager import QueueManager
+from ..worker import App, Worker
 from .queries import query
 
 __all__ = ["ClockOffset", "WorkerGroup", "WorkerSpec", "measure_clock_offset"]
@@ -32,11 +33,13 @@ _Conn = multiprocessing.connection.Connection
 class WorkerSpec:
     """What one benchmark process does.
 
-    ``role`` is ``fifoq`` (enqueue_and_wait + complete loops), ``ceiling``
-    (insert + update loops), ``lock`` (transactions through one lock held to
-    an unflushed commit, each followed by a flush, for ``seconds``) or
-    ``waiter`` (one wait at a time, for the hand-off and cancel latencies;
-    ``mode`` says which).
+    ``role`` is ``fifoq`` (enqueue_and_wait + complete loops), ``producer``
+    (``enqueue_many`` batches of ``batch``), ``worker`` (a :class:`fifoq.Worker`
+    with a no-op handler and ``concurrency`` slots, until told to stop),
+    ``ceiling`` (insert + update loops), ``lock`` (transactions through one
+    lock held to an unflushed commit, each followed by a flush, for
+    ``seconds``) or ``waiter`` (one wait at a time, for the hand-off and
+    cancel latencies; ``mode`` says which).
     """
 
     role: str
@@ -49,6 +52,8 @@ class WorkerSpec:
     rounds: int = 0  # waits (waiter)
     mode: str = ""  # "handoff" or "cancel" (waiter)
     seconds: float = 0.0  # how long to run (lock)
+    batch: int = 0  # payloads per enqueue_many (producer)
+    concurrency: int = 0  # handlers at once (worker)
 
 
 @dataclass(frozen=True)
@@ -131,6 +136,67 @@ async def _fifoq_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
             "seconds": time.perf_counter() - started,
             "cpu_seconds": time.process_time() - cpu,
         }
+
+
+async def _until_stop(chan: _Conn) -> None:
+    message = await asyncio.to_thread(chan.recv)
+    if message != "stop":
+        raise RuntimeError(f"expected 'stop' from the benchmark driver, got {message!r}")
+
+
+async def _producer_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
+    async with QueueManager.connect(
+        spec.dsn, min_size=1, max_size=1, name="fifoq-bench-producer"
+    ) as qm:
+        await _ready_then_go(chan)
+        started, cpu = time.perf_counter(), time.process_time()
+        remaining = dict(spec.counts)
+        enqueued = 0
+        while remaining:  # round robin over the actions, a batch each
+            for action in list(remaining):
+                n = min(spec.batch, remaining[action])
+                await qm.enqueue_many(action, [None] * n)
+                enqueued += n
+                remaining[action] -= n
+                if not remaining[action]:
+                    del remaining[action]
+        result = {
+            "completed": enqueued,
+            "seconds": time.perf_counter() - started,
+            "cpu_seconds": time.process_time() - cpu,
+        }
+        await _until_stop(chan)
+        return result
+
+
+async def _noop(payload: Any) -> None:
+    return None
+
+
+async def _worker_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
+    app = App()
+    for action in spec.counts:
+        app.action(action)(_noop)
+    worker = Worker(
+        app,
+        spec.dsn,
+        concurrency=spec.concurrency,
+        apply_policies=False,  # the driver set them
+        name="fifoq-bench-worker",
+    )
+    running = asyncio.create_task(worker.run())
+    ready = asyncio.create_task(worker.wait_ready())
+    await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if running.done():
+        ready.cancel()
+        await running  # raises what stopped it
+    await _ready_then_go(chan)
+    cpu = time.process_time()
+    await _until_stop(chan)
+    spent = time.process_time() - cpu
+    worker.stop()
+    await running
+    return {"completed": worker.completed, "cpu_seconds": spent}
 
 
 async def _ceiling_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
@@ -223,6 +289,8 @@ async def _waiter_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
 
 _ROLES: dict[str, Callable[[WorkerSpec, _Conn], Coroutine[Any, Any, dict[str, Any]]]] = {
     "fifoq": _fifoq_role,
+    "producer": _producer_role,
+    "worker": _worker_role,
     "ceiling": _ceiling_role,
     "lock": _lock_role,
     "waiter": _waiter_role,
@@ -281,9 +349,28 @@ class WorkerGroup:
         for chan in self._chans:
             chan.send("go")
 
+    def stop(self) -> None:
+        """Tell processes that run until told (producers, workers) to finish and report."""
+        for chan in self._chans:
+            chan.send("stop")
+
     async def results(self) -> list[dict[str, Any]]:
         """Wait for every process's figures."""
         return [await self._expect(chan, "done") for chan in self._chans]
+
+    def check_alive(self) -> None:
+        """Raise ``WorkerError`` if a process died or reported an error before being asked."""
+        for chan in self._chans:
+            if chan.poll(0):
+                message, payload = chan.recv()
+                raise WorkerError(
+                    f"a benchmark process failed:\n{payload}"
+                    if message == "error"
+                    else f"a benchmark process sent {message!r} before it was stopped"
+                )
+        dead = [p for p in self._procs if not p.is_alive()]
+        if dead:
+            raise WorkerError(f"a benchmark process died with exit code {dead[0].exitcode}")
 
     async def _expect(self, chan: _Conn, kind: str) -> dict[str, Any]:
         deadline = time.monotonic() + self._timeout

@@ -43,6 +43,15 @@ Step = Callable[[str], None]
 LOOPS_PER_SLOT = 2
 # Pool size of each executor process, and connections of each ceiling process.
 CONNECTIONS_PER_PROCESS = 10
+# Payloads per enqueue_many call of the batched producer.
+PRODUCER_BATCH = 100
+# Most handlers one benchmark worker process runs at once.
+MAX_WORKER_CONCURRENCY = 1000
+# How often the driver looks whether the batched run has finished.
+FINISHED_POLL_SECONDS = 0.01
+# The two ways the throughput workloads drive fifoq.
+PER_CALL = "per call"
+BATCHED = "batched"
 MAX_QUEUE_LENGTH = 1_000_000
 # How long the latency driver lets a registered waiter settle into its wait
 # before completing or cancelling in front of it (the waiter's subscription
@@ -87,6 +96,7 @@ class Throughput:
 
     workload: str
     label: str
+    api: str  # PER_CALL: enqueue_and_wait + complete per execution; BATCHED: enqueue_many + workers
     actions: int
     per_action: int
     limit: int
@@ -250,6 +260,32 @@ async def _run_group(specs: list[WorkerSpec], server_pid: int | None = None) -> 
     )
 
 
+async def _run_until_finished(
+    specs: list[WorkerSpec], dsn: str, total: int, server_pid: int | None = None
+) -> _GroupRun:
+    """Run processes that go on until told to stop; stop them once ``total`` executions finished."""
+    async with WorkerGroup(specs) as group:
+        await group.ready()
+        before = process_tree_cpu(server_pid) if server_pid else None
+        group.go()
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            while True:
+                cur = await conn.execute(query("finished_count"), {})
+                row = await cur.fetchone()
+                if row is not None and int(row[0]) >= total:
+                    break
+                group.check_alive()
+                await asyncio.sleep(FINISHED_POLL_SECONDS)
+        after = process_tree_cpu(server_pid) if server_pid else None
+        group.stop()
+        results = await group.results()
+    return _GroupRun(
+        results=results,
+        client_cpu=sum(float(r.get("cpu_seconds", 0.0)) for r in results),
+        server_cpu=after - before if after is not None and before is not None else None,
+    )
+
+
 # -- throughput -------------------------------------------------------------------
 
 
@@ -265,12 +301,16 @@ async def run_throughput(
     repeat: int,
     step: Step,
     lock_seconds: float = 0.0,
-) -> Throughput:
-    """No-op executions end to end, and the insert+update ceiling, ``repeat`` times each.
+) -> list[Throughput]:
+    """No-op executions end to end, two ways, and the insert+update ceiling, ``repeat`` times each.
 
-    Every executor process runs concurrent ``enqueue_and_wait`` + ``complete``
-    loops on every action. The rate is executions over the span from the
-    first enqueue to the last completion, by the server's clock. The ceiling
+    Per call: every executor process runs concurrent ``enqueue_and_wait`` +
+    ``complete`` loops on every action, one execution per call. Batched: one
+    producer process enqueues with ``enqueue_many`` (PRODUCER_BATCH at a
+    time) while ``processes`` worker processes (:class:`fifoq.Worker`, no-op
+    handlers) claim and complete, outcomes grouped per statement. The rate
+    is executions over the span from the first enqueue to the last
+    completion, by the server's clock. The ceiling
     runs the same number of insert+update pairs from the same number of
     processes with as many connections as an executor's pool. With
     ``lock_seconds`` (one queue only), the same connections also run
@@ -283,15 +323,19 @@ async def run_throughput(
     loops = LOOPS_PER_SLOT * limit
     loops_per_process = max(1, math.ceil(loops / processes))
     connections = min(CONNECTIONS_PER_PROCESS, loops_per_process * actions)
-    result = Throughput(
-        workload=workload,
-        label=label,
-        actions=actions,
-        per_action=per_action,
-        limit=limit,
-        processes=processes,
-        loops_per_action=loops_per_process * processes,
-        connections_per_process=connections,
+    result, batched = (
+        Throughput(
+            workload=workload,
+            label=label,
+            api=api,
+            actions=actions,
+            per_action=per_action,
+            limit=limit,
+            processes=processes,
+            loops_per_action=loops_per_process * processes,
+            connections_per_process=connections,
+        )
+        for api in (PER_CALL, BATCHED)
     )
     total = actions * per_action
     for run in range(1, repeat + 1):
@@ -307,10 +351,11 @@ async def run_throughput(
                 ],
                 server.server_pid,
             )
-            result.ceiling_rates.append(_window_rate(dsn, "ceiling_window", total))
-            result.ceiling_client_cpu_us.append(ceiling.client_cpu / total * 1e6)
-            if ceiling.server_cpu is not None:
-                result.ceiling_server_cpu_us.append(ceiling.server_cpu / total * 1e6)
+            for r in (result, batched):
+                r.ceiling_rates.append(_window_rate(dsn, "ceiling_window", total))
+                r.ceiling_client_cpu_us.append(ceiling.client_cpu / total * 1e6)
+                if ceiling.server_cpu is not None:
+                    r.ceiling_server_cpu_us.append(ceiling.server_cpu / total * 1e6)
 
             if lock_seconds > 0 and actions == 1:
                 step(f"one-lock bound: {what}")
@@ -325,6 +370,7 @@ async def run_throughput(
                 transactions = sum(int(r["completed"]) for r in locked.results)
                 elapsed = max(float(r["seconds"]) for r in locked.results)
                 result.lock_rates.append(transactions / elapsed)
+                batched.lock_rates.append(transactions / elapsed)
 
             step(f"fifoq: {what}")
             _set_policies(dsn, names, limit)
@@ -345,7 +391,31 @@ async def run_throughput(
             if run_.server_cpu is not None:
                 result.server_cpu_us.append(run_.server_cpu / total * 1e6)
             _verify(dsn, f"{workload} ({what})", expected_succeeded=total)
-    return result
+
+        with server.database(f"{workload}_b_p{processes}_r{run}") as dsn:
+            step(f"fifoq batched: {what}")
+            _set_policies(dsn, names, limit)
+            specs = [
+                WorkerSpec(
+                    "producer", dsn, counts=dict.fromkeys(names, per_action), batch=PRODUCER_BATCH
+                ),
+                *(
+                    WorkerSpec(
+                        "worker",
+                        dsn,
+                        counts=dict.fromkeys(names, 0),
+                        concurrency=min(actions * limit, MAX_WORKER_CONCURRENCY),
+                    )
+                    for _ in range(processes)
+                ),
+            ]
+            run_ = await _run_until_finished(specs, dsn, total, server.server_pid)
+            batched.rates.append(_window_rate(dsn, "throughput_window", total))
+            batched.client_cpu_us.append(run_.client_cpu / total * 1e6)
+            if run_.server_cpu is not None:
+                batched.server_cpu_us.append(run_.server_cpu / total * 1e6)
+            _verify(dsn, f"{workload} batched ({what})", expected_succeeded=total)
+    return [result, batched]
 
 
 # -- latencies --------------------------------------------------------------------

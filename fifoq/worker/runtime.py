@@ -21,8 +21,9 @@ import psycopg
 from ..dsn import describe
 from ..errors import FifoqError, InvalidInput, InvalidTransition
 from ..manager import QueueManager
-from ..models import Execution, Status
+from ..models import Execution, Outcome, Status
 from .app import ActionSpec, App
+from .completions import CompletionBatcher
 
 __all__ = ["AppLoadError", "Worker", "current_execution", "load_app"]
 
@@ -167,6 +168,7 @@ class Worker:
         self._stopping = False
         self._force = asyncio.Event()
         self._ready = asyncio.Event()
+        self._completions: CompletionBatcher | None = None
 
     # -- control -----------------------------------------------------------
 
@@ -214,10 +216,12 @@ class Worker:
                 max_size=min(self.concurrency + 2, 20),
             ) as qm:
                 self.executor_id = qm.executor_id
+                self._completions = CompletionBatcher(qm, max_batch=self.concurrency)
                 try:
                     await self._serve(qm)
                 finally:
                     await self._drain()
+                    await self._completions.aclose()
                 if self.handed_back:
                     logger.warning(
                         "handing back %d execution(s) that did not finish within the grace "
@@ -313,7 +317,7 @@ class Worker:
     def _start(self, qm: QueueManager, execution: Execution) -> None:
         running = _Running(execution, self.app[execution.action])
         # Tasks start in creation order, so handlers start in claim (seq) order.
-        task = asyncio.create_task(self._execute(qm, running), name=f"fifoq-exec-{execution.id}")
+        task = asyncio.create_task(self._execute(running), name=f"fifoq-exec-{execution.id}")
         running.task = task
         self._running[execution.id] = running
         task.add_done_callback(lambda _: self._finished(running))
@@ -361,7 +365,7 @@ class Worker:
 
     # -- running -----------------------------------------------------------
 
-    async def _execute(self, qm: QueueManager, running: _Running) -> None:
+    async def _execute(self, running: _Running) -> None:
         execution, spec = running.execution, running.spec
         _current.set(execution)  # this task's own context: seen by this handler only
         result: Any = None
@@ -381,24 +385,25 @@ class Worker:
             error = describe_error(exc)
             logger.debug("handler of execution %s raised", execution.id, exc_info=True)
         running.completing = True
-        await self._complete(qm, running, result, error)
+        await self._complete(running, result, error)
 
-    async def _complete(
-        self, qm: QueueManager, running: _Running, result: Any, error: str | None
-    ) -> None:
+    async def _complete(self, running: _Running, result: Any, error: str | None) -> None:
+        # Outcomes of handlers that finish together share one statement.
+        assert self._completions is not None
+        complete = self._completions.complete
         execution = running.execution
         elapsed = time.monotonic() - running.started
         for attempt in range(1, _COMPLETE_ATTEMPTS + 1):
             try:
                 try:
-                    done = await qm.complete(execution.id, result=result, error=error)
+                    done = await complete(Outcome(execution.id, result, error))
                 except InvalidInput as exc:
                     if error is not None:
                         raise
                     # The result cannot be stored (not JSON, too large): fail it, saying why.
                     error = f"InvalidInput: the handler's result was not stored: {exc}"
                     result = None
-                    done = await qm.complete(execution.id, error=error)
+                    done = await complete(Outcome(execution.id, error=error))
             except InvalidTransition as exc:
                 logger.info(
                     "execution %s (%s) finished after %.3f s but was no longer active: %s",
