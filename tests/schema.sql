@@ -692,9 +692,12 @@ BEGIN
         END IF;
     END LOOP;
 
+    -- Read back by primary key (= ANY keeps the plan an index scan however
+    -- long the history), in input order.
     RETURN QUERY
-        SELECT d.* FROM unnest(p_ids) WITH ORDINALITY AS u(id, ord)
-        JOIN fifoq.execution_details d ON d.id = u.id
+        SELECT d.* FROM fifoq.execution_details d
+        JOIN unnest(p_ids) WITH ORDINALITY AS u(id, ord) ON u.id = d.id
+        WHERE d.id = ANY (p_ids)
         ORDER BY u.ord;
 END
 $$;
@@ -907,7 +910,7 @@ DECLARE
     v_wait    integer;
     v_first   bigint;
     v_where   text;
-    v_ids     bigint[] := '{}';
+    v_rows    fifoq.execution_details[] := '{}';
     v_ords    bigint[] := '{}';
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
@@ -983,7 +986,10 @@ BEGIN
         RETURNING last_seq - v_n INTO v_first;
 
         -- One insert for the queue's share of the batch, in input order:
-        -- seq, id, enqueued_at and started_at all grow with it.
+        -- seq, id, enqueued_at and started_at all grow with it. The answer
+        -- rows are built from what the insert returns, not read back (a
+        -- join of the new ids with the table may be planned as a scan of
+        -- the whole history).
         WITH mine AS (
             SELECT p, ord, row_number() OVER (ORDER BY ord) AS rank
             FROM unnest(p_payloads, v_groups) WITH ORDINALITY AS t(p, g, ord)
@@ -999,10 +1005,12 @@ BEGIN
                    p
             FROM mine
             ORDER BY rank
-            RETURNING id, seq
+            RETURNING *
         )
-        SELECT v_ids || array_agg(i.id ORDER BY i.seq), v_ords || array_agg(m.ord ORDER BY i.seq)
-        INTO v_ids, v_ords
+        SELECT v_rows || array_agg(fifoq.details(ROW(i.*)::fifoq.executions, p_action, v_queue.group_key)
+                                   ORDER BY i.seq),
+               v_ords || array_agg(m.ord ORDER BY i.seq)
+        INTO v_rows, v_ords
         FROM inserted i JOIN mine m ON m.rank = i.seq - v_first;
 
         IF v_admit > 0 AND p_owner IS NULL THEN
@@ -1011,9 +1019,12 @@ BEGIN
     END LOOP;
 
     -- The answer in input order (the caller pairs it with its payloads).
+    -- (unnest of several arrays expands a composite element into its columns.)
     RETURN QUERY
-        SELECT d.* FROM unnest(v_ids, v_ords) AS u(id, ord)
-        JOIN fifoq.execution_details d ON d.id = u.id
+        SELECT u.id, u.action, u."group", u.seq, u.status, u.payload, u.result, u.error, u.enqueued_at,
+               u.started_at, u.finished_at, u.owner, u.queue_id, u.deadline
+        FROM unnest(v_rows, v_ords) AS u(id, action, "group", seq, status, payload, result, error, enqueued_at,
+                                         started_at, finished_at, owner, queue_id, deadline, ord)
         ORDER BY u.ord;
 END
 $$;
