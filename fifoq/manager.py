@@ -351,6 +351,28 @@ class QueueManager:
         changing nothing; an id given twice is ``InvalidInput``. At most 10,000
         per call. Returns the executions in the order given.
         """
+        completed, _ = await self._complete_many(outcomes, claim_actions=None, claim_limit=0)
+        return completed
+
+    async def complete_and_claim(
+        self, outcomes: Iterable[Outcome], actions: Sequence[str] | None, limit: int
+    ) -> tuple[list[Execution], list[Execution]]:
+        """Worker use: :meth:`complete_many`, and take what the freed slots admit.
+
+        Up to ``limit`` of the executions that this completion admits and
+        nobody owns (bare enqueues of ``actions``; None: any) become this
+        executor's in the same transaction, as :meth:`claim` would make them,
+        and nobody else is woken for them. Returns (completed, claimed), the
+        claimed in seq order.
+        """
+        self._check_open()
+        return await self._complete_many(
+            outcomes, claim_actions=list(actions) if actions else None, claim_limit=limit
+        )
+
+    async def _complete_many(
+        self, outcomes: Iterable[Outcome], *, claim_actions: list[str] | None, claim_limit: int
+    ) -> tuple[list[Execution], list[Execution]]:
         items = list(outcomes)
         check_batch_size(len(items), what="outcomes")
         ids: list[int] = []
@@ -374,13 +396,21 @@ class QueueManager:
             again = next(i for i in ids if ids.count(i) > 1)
             raise InvalidInput(f"execution {again} appears more than once in the batch")
         if not items:
-            return []
+            return [], []
         rows = await self._execute(
             query("complete_many"),
-            {"ids": ids, "results": results, "errors": errors},
+            {
+                "ids": ids,
+                "results": results,
+                "errors": errors,
+                "claimer": self.executor_id if claim_limit > 0 else None,
+                "actions": claim_actions,
+                "limit": max(claim_limit, 0),
+            },
             changed=_changed_rows,
         )
-        return [Execution.from_row(row) for row in rows]
+        executions = [Execution.from_row(row) for row in rows]
+        return executions[: len(items)], executions[len(items) :]
 
     async def cancel(self, execution_id: int) -> bool:
         """Cancel a queued or active execution; False if it had already finished.

@@ -48,10 +48,12 @@ SELECT id, action, "group", seq, status, payload, result, error,
 FROM fifoq.complete_deferred(%(id)s, %(result)s::jsonb, %(error)s);
 
 -- name: complete_many
--- Many completions in one statement, all or nothing; rows in input order.
+-- Many completions in one statement, all or nothing; rows in input order,
+-- then (a worker's call, claimer set) the executions it was given at once.
 SELECT id, action, "group", seq, status, payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.complete_many_deferred(%(ids)s::bigint[], %(results)s::jsonb[], %(errors)s::text[]);
+FROM fifoq.complete_many_deferred(%(ids)s::bigint[], %(results)s::jsonb[], %(errors)s::text[],
+                                  %(claimer)s, %(actions)s::text[], %(limit)s);
 
 -- name: cancel
 SELECT fifoq.cancel_deferred(%(id)s) AS cancelled;

@@ -110,6 +110,22 @@ COMMENT ON FUNCTION fifoq.abandon_owned(p_executor bigint) IS 'Marks every queue
 --
 
 CREATE FUNCTION fifoq.admit(p_queue_id integer) RETURNS integer
+    LANGUAGE sql
+    AS $$ SELECT (fifoq.admit_to(p_queue_id, NULL, 0)).admitted $$;
+
+
+--
+-- Name: FUNCTION admit(p_queue_id integer); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.admit(p_queue_id integer) IS 'Admits the head of a queue into its free slots in seq order and notifies. The caller must hold the queue lock. Returns how many were admitted.';
+
+
+--
+-- Name: admit_to(integer, bigint, integer); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.admit_to(p_queue_id integer, p_claimer bigint, p_claim_limit integer, OUT admitted integer, OUT claimed bigint[]) RETURNS record
     LANGUAGE plpgsql
     AS $$
 DECLARE
@@ -117,18 +133,21 @@ DECLARE
     v_policy   fifoq.policies;
     v_free     integer;
     v_prev_seq bigint;
-    v_admitted integer := 0;
     v_at       timestamptz;
+    v_owner    bigint;
+    v_notify   boolean := false;
     r          record;
 BEGIN
+    admitted := 0;
+    claimed := '{}';
     SELECT * INTO v_queue FROM fifoq.queues WHERE id = p_queue_id;
     IF v_queue.queued_count = 0 THEN
-        RETURN 0;
+        RETURN;
     END IF;
     v_policy := fifoq.policy_for(v_queue.action);
     v_free := v_policy.max_concurrent - v_queue.active_count;  -- NULL: unlimited
     IF v_free <= 0 THEN
-        RETURN 0;
+        RETURN;
     END IF;
 
     FOR r IN
@@ -139,44 +158,58 @@ BEGIN
         LIMIT v_free               -- LIMIT NULL is LIMIT ALL
         FOR UPDATE SKIP LOCKED
     LOOP
-        -- Gap check: a waiting row before this one that SKIP LOCKED passed over.
-        IF EXISTS (
-            SELECT 1 FROM fifoq.executions g
+        -- Gap check (see 0002): a waiting row between the previous one and
+        -- this one that SKIP LOCKED passed over, i.e. this row is not the
+        -- first waiting one after the previous (it is waiting itself, so
+        -- the subquery finds at least it). Written as ORDER BY seq LIMIT 1,
+        -- which every plan serves from executions_queue_head; 0002's EXISTS
+        -- with "prev IS NULL OR seq > prev" was planned, with statistics
+        -- taken while thousands waited, as a scan of the table (2.5 ms).
+        IF r.seq <> (
+            SELECT g.seq FROM fifoq.executions g
             WHERE g.queue_id = p_queue_id AND g.status = 'queued'
-              AND g.seq < r.seq AND (v_prev_seq IS NULL OR g.seq > v_prev_seq)
+              AND g.seq > coalesce(v_prev_seq, -9223372036854775808)
+            ORDER BY g.seq
+            LIMIT 1
         ) THEN
             EXIT;
         END IF;
+        v_owner := r.owner;
+        IF v_owner IS NULL AND p_claimer IS NOT NULL AND cardinality(claimed) < p_claim_limit THEN
+            v_owner := p_claimer;
+            claimed := claimed || r.id;
+        END IF;
         UPDATE fifoq.executions
-        SET status = 'active', started_at = clock_timestamp(), deadline = NULL
+        SET status = 'active', started_at = clock_timestamp(), deadline = NULL, owner = v_owner
         WHERE id = r.id
         RETURNING started_at INTO v_at;
-        IF r.owner IS NULL THEN
-            -- Nobody waits on it: wake the workers that run this action.
-            PERFORM pg_notify('fifoq_work', v_queue.action);
-        ELSE
+        IF r.owner IS NOT NULL THEN
             PERFORM fifoq.notify_owner(r.owner, r.id, 'active', v_at);
+        ELSIF v_owner IS NULL THEN
+            v_notify := true;  -- nobody waits on it: wake the workers of this action
         END IF;
         v_prev_seq := r.seq;
-        v_admitted := v_admitted + 1;
+        admitted := admitted + 1;
     END LOOP;
 
-    IF v_admitted > 0 THEN
+    IF admitted > 0 THEN
         UPDATE fifoq.queues
-        SET queued_count = queued_count - v_admitted,
-            active_count = active_count + v_admitted
+        SET queued_count = queued_count - admitted,
+            active_count = active_count + admitted
         WHERE id = p_queue_id;
     END IF;
-    RETURN v_admitted;
+    IF v_notify THEN
+        PERFORM pg_notify('fifoq_work', v_queue.action);
+    END IF;
 END
 $$;
 
 
 --
--- Name: FUNCTION admit(p_queue_id integer); Type: COMMENT; Schema: fifoq; Owner: -
+-- Name: FUNCTION admit_to(p_queue_id integer, p_claimer bigint, p_claim_limit integer, OUT admitted integer, OUT claimed bigint[]); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.admit(p_queue_id integer) IS 'Admits the head of a queue into its free slots in seq order and notifies. The caller must hold the queue lock. Returns how many were admitted.';
+COMMENT ON FUNCTION fifoq.admit_to(p_queue_id integer, p_claimer bigint, p_claim_limit integer, OUT admitted integer, OUT claimed bigint[]) IS 'fifoq.admit that gives up to p_claim_limit admitted executions nobody owns to p_claimer (a worker) at once. The caller must hold the queue lock. Returns how many were admitted and the ids claimed.';
 
 
 --
@@ -614,20 +647,24 @@ COMMENT ON FUNCTION fifoq.complete_deferred(p_id bigint, p_result jsonb, p_error
 
 
 --
--- Name: complete_many(bigint[], jsonb[], text[]); Type: FUNCTION; Schema: fifoq; Owner: -
+-- Name: complete_many(bigint[], jsonb[], text[], bigint, text[], integer); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
-CREATE FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors text[]) RETURNS SETOF fifoq.execution_details
+CREATE FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint DEFAULT NULL::bigint, p_claim_actions text[] DEFAULT NULL::text[], p_claim_limit integer DEFAULT 0) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
     AS $$
 DECLARE
     v_n        integer := coalesce(cardinality(p_ids), 0);
+    v_claimed  bigint[] := '{}';
+    v_older    bigint[];
+    v_admit    record;
     v_bad      bigint;
     v_queue_id integer;
     v_done     integer;
     v_ok       integer;
     v_failed   integer;
     v_queued   integer;
+    v_action   text;
     v_status   fifoq.execution_status;
 BEGIN
     IF v_n = 0 THEN
@@ -676,7 +713,11 @@ BEGIN
             WHERE e.id = i.id AND e.queue_id = v_queue_id AND e.status = 'active'
             RETURNING e.id, e.owner, e.status, e.finished_at
         ), told AS (
-            SELECT d.status, fifoq.notify_owner(d.owner, d.id, d.status, d.finished_at) FROM done d
+            -- The claimer completing its own executions needs no word of it.
+            SELECT d.status,
+                   CASE WHEN d.owner IS DISTINCT FROM p_claimer
+                        THEN fifoq.notify_owner(d.owner, d.id, d.status, d.finished_at) END
+            FROM done d
         )
         SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed')
         INTO v_done, v_ok, v_failed
@@ -686,49 +727,70 @@ BEGIN
             total_succeeded = total_succeeded + v_ok,
             total_failed = total_failed + v_failed
         WHERE id = v_queue_id
-        RETURNING queued_count INTO v_queued;
-        IF v_queued > 0 THEN
+        RETURNING queued_count, action INTO v_queued, v_action;
+        IF p_claimer IS NOT NULL AND (p_claim_actions IS NULL OR v_action = ANY (p_claim_actions))
+           AND cardinality(v_claimed) < p_claim_limit THEN
+            -- Executions admitted earlier that no worker has taken yet come
+            -- first (executions_unclaimed, in seq order): a worker starts
+            -- its executions in seq order, so it must not take a newer one
+            -- while an older one waits for a claim.
+            SELECT array_agg(u.id ORDER BY u.seq) INTO v_older
+            FROM (SELECT e.id, e.seq FROM fifoq.executions e
+                  WHERE e.queue_id = v_queue_id AND e.status = 'active' AND e.owner IS NULL
+                  ORDER BY e.seq
+                  LIMIT p_claim_limit - cardinality(v_claimed)) AS u;
+            IF v_older IS NOT NULL THEN
+                UPDATE fifoq.executions SET owner = p_claimer WHERE id = ANY (v_older);
+                v_claimed := v_claimed || v_older;
+            END IF;
+            IF v_queued > 0 THEN
+                v_admit := fifoq.admit_to(v_queue_id, p_claimer, p_claim_limit - cardinality(v_claimed));
+                v_claimed := v_claimed || v_admit.claimed;
+            END IF;
+        ELSIF v_queued > 0 THEN
             PERFORM fifoq.admit(v_queue_id);
         END IF;
     END LOOP;
 
     -- Read back by primary key (= ANY keeps the plan an index scan however
-    -- long the history), in input order.
+    -- long the history): the completed in input order, then what p_claimer
+    -- was given in admission order.
     RETURN QUERY
         SELECT d.* FROM fifoq.execution_details d
-        JOIN unnest(p_ids) WITH ORDINALITY AS u(id, ord) ON u.id = d.id
-        WHERE d.id = ANY (p_ids)
+        JOIN unnest(p_ids || v_claimed) WITH ORDINALITY AS u(id, ord) ON u.id = d.id
+        WHERE d.id = ANY (p_ids || v_claimed)
         ORDER BY u.ord;
 END
 $$;
 
 
 --
--- Name: FUNCTION complete_many(p_ids bigint[], p_results jsonb[], p_errors text[]); Type: COMMENT; Schema: fifoq; Owner: -
+-- Name: FUNCTION complete_many(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint, p_claim_actions text[], p_claim_limit integer); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors text[]) IS 'fifoq.complete for many executions in one transaction: each succeeded (NULL error) or failed, slots freed and heads admitted; all or nothing (FQ404 unknown id, FQ409 one not active, FQ422 mismatched arrays or a repeated id). Returns the executions in input order.';
+COMMENT ON FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint, p_claim_actions text[], p_claim_limit integer) IS 'fifoq.complete for many executions in one transaction: each succeeded (NULL error) or failed, slots freed and heads admitted; all or nothing (FQ404 unknown id, FQ409 one not active, FQ422 mismatched arrays or a repeated id). With p_claimer (a worker''s executor id), up to p_claim_limit admitted executions nobody owns, of p_claim_actions (NULL: any), are given to it at once. Returns the executions in input order, then those claimed.';
 
 
 --
--- Name: complete_many_deferred(bigint[], jsonb[], text[]); Type: FUNCTION; Schema: fifoq; Owner: -
+-- Name: complete_many_deferred(bigint[], jsonb[], text[], bigint, text[], integer); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
-CREATE FUNCTION fifoq.complete_many_deferred(p_ids bigint[], p_results jsonb[], p_errors text[]) RETURNS SETOF fifoq.execution_details
+CREATE FUNCTION fifoq.complete_many_deferred(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint DEFAULT NULL::bigint, p_claim_actions text[] DEFAULT NULL::text[], p_claim_limit integer DEFAULT 0) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
     AS $$
 BEGIN
     PERFORM fifoq.defer_flush();
-    RETURN QUERY SELECT * FROM fifoq.complete_many(p_ids, p_results, p_errors);
+    RETURN QUERY SELECT * FROM fifoq.complete_many(p_ids, p_results, p_errors,
+                                                   p_claimer, p_claim_actions, p_claim_limit);
 END
 $$;
 
 
 --
--- Name: FUNCTION complete_many_deferred(p_ids bigint[], p_results jsonb[], p_errors text[]); Type: COMMENT; Schema: fifoq; Owner: -
+-- Name: FUNCTION complete_many_deferred(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint, p_claim_actions text[], p_claim_limit integer); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.complete_many_deferred(p_ids bigint[], p_results jsonb[], p_errors text[]) IS 'fifoq.complete_many committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+COMMENT ON FUNCTION fifoq.complete_many_deferred(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint, p_claim_actions text[], p_claim_limit integer) IS 'fifoq.complete_many committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
 
 
 --

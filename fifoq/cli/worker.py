@@ -97,6 +97,17 @@ def worker(
             "cancelled and handed back (marked abandoned).",
         ),
     ] = 30.0,
+    keep_slot_under: Annotated[
+        float,
+        typer.Option(
+            "--keep-slot-under",
+            metavar="S",
+            min=0,
+            help="A handler that finished within S seconds keeps its slot: the next execution "
+            "it admits comes straight to this worker with the completion (fast short work); "
+            "slower handlers' slots are offered to every worker. 0: always offer.",
+        ),
+    ] = 0.1,
     no_policies: Annotated[
         bool,
         typer.Option("--no-policies", help="Do not set the app's policies on start."),
@@ -136,6 +147,7 @@ def worker(
             actions=selected,
             grace=grace,
             apply_policies=not no_policies,
+            keep_slot_under=keep_slot_under,
         )
     except ValueError as exc:
         bad_value("--actions" if selected else "MODULE:APP", str(exc))

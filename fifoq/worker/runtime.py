@@ -120,6 +120,14 @@ class Worker:
     what still runs then is cancelled and handed back: the executor closes
     and the database marks those executions ``abandoned`` (terminal; they are
     not run again). A second signal cancels at once.
+
+    Outcomes of handlers that finish together are recorded in one statement
+    (:class:`CompletionBatcher`). When a handler took less than
+    ``keep_slot_under`` seconds, that statement also gives this worker the
+    execution its freed slot admits, if nobody owns it: busy queues of short
+    work then cost one statement per batch instead of a NOTIFY to every
+    worker and a claim, while the slots of longer handlers are offered to
+    all workers, so long work spreads over them. 0 turns this off.
     """
 
     def __init__(
@@ -134,6 +142,7 @@ class Worker:
         apply_policies: bool = True,
         name: str | None = None,
         lease: float = 5.0,
+        keep_slot_under: float = 0.1,
     ) -> None:
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ValueError(f"concurrency must be a positive integer, got {concurrency!r}")
@@ -141,6 +150,10 @@ class Worker:
             raise ValueError(f"grace must be zero or more seconds, got {grace!r}")
         if not claim_interval > 0:
             raise ValueError(f"claim_interval must be positive, got {claim_interval!r}")
+        if not keep_slot_under >= 0:
+            raise ValueError(
+                f"keep_slot_under must be zero or more seconds, got {keep_slot_under!r}"
+            )
         if len(app) == 0:
             raise ValueError("the app has no actions: register handlers with @app.action(...)")
         selected = list(dict.fromkeys(actions)) if actions else sorted(app.actions)
@@ -159,6 +172,7 @@ class Worker:
         self.apply_policies = apply_policies
         self.name = name
         self.lease = lease
+        self.keep_slot_under = keep_slot_under
         self.executor_id: int | None = None
         self.handed_back: list[int] = []
         self.completed = 0
@@ -216,7 +230,14 @@ class Worker:
                 max_size=min(self.concurrency + 2, 20),
             ) as qm:
                 self.executor_id = qm.executor_id
-                self._completions = CompletionBatcher(qm, max_batch=self.concurrency)
+                # Completions also take the work the slots they free admit.
+                self._completions = CompletionBatcher(
+                    qm,
+                    max_batch=self.concurrency,
+                    actions=self.actions,
+                    claiming=lambda: not self._stopping,
+                    on_claimed=lambda claimed: self._start_all(qm, claimed),
+                )
                 try:
                     await self._serve(qm)
                 finally:
@@ -297,11 +318,7 @@ class Worker:
                     backoff = 0.0
                 elif notified:
                     backoff = min(max(backoff * 2, 0.001), _MAX_BACKOFF)
-                # Start each queue's executions in seq order: the claim's UPDATE ...
-                # RETURNING does not promise an order. (seq is per queue; sorting
-                # by it across queues keeps every queue's own order.)
-                for execution in sorted(claimed, key=lambda e: e.seq):
-                    self._start(qm, execution)
+                self._start_all(qm, claimed)
                 if claimed and len(claimed) == free:
                     continue  # there may be more admitted work than we took
             else:
@@ -313,6 +330,13 @@ class Worker:
                     await self._wake.wait()
             if backoff and not self._stopping:
                 await asyncio.sleep(backoff)
+
+    def _start_all(self, qm: QueueManager, claimed: list[Execution]) -> None:
+        # Start each queue's executions in seq order: the claim's UPDATE ...
+        # RETURNING does not promise an order. (seq is per queue; sorting by
+        # it across queues keeps every queue's own order.)
+        for execution in sorted(claimed, key=lambda e: e.seq):
+            self._start(qm, execution)
 
     def _start(self, qm: QueueManager, execution: Execution) -> None:
         running = _Running(execution, self.app[execution.action])
@@ -393,17 +417,18 @@ class Worker:
         complete = self._completions.complete
         execution = running.execution
         elapsed = time.monotonic() - running.started
+        keep = elapsed < self.keep_slot_under
         for attempt in range(1, _COMPLETE_ATTEMPTS + 1):
             try:
                 try:
-                    done = await complete(Outcome(execution.id, result, error))
+                    done = await complete(Outcome(execution.id, result, error), keep_slot=keep)
                 except InvalidInput as exc:
                     if error is not None:
                         raise
                     # The result cannot be stored (not JSON, too large): fail it, saying why.
                     error = f"InvalidInput: the handler's result was not stored: {exc}"
                     result = None
-                    done = await complete(Outcome(execution.id, error=error))
+                    done = await complete(Outcome(execution.id, error=error), keep_slot=keep)
             except InvalidTransition as exc:
                 logger.info(
                     "execution %s (%s) finished after %.3f s but was no longer active: %s",

@@ -174,8 +174,11 @@ async def test_sigkilled_worker_is_reaped_and_another_worker_runs_the_next(
 async def test_two_worker_processes_keep_the_limit_and_fifo_order(
     dsn: str, workers: Workers
 ) -> None:
-    workers.start("--concurrency", "4")
-    workers.start("--concurrency", "4")
+    # Slots offered to both workers every time (--keep-slot-under 0), so the
+    # two race for every admission; by default a worker whose handler was
+    # quick keeps its slot, and one worker could run everything.
+    workers.start("--concurrency", "4", "--keep-slot-under", "0")
+    workers.start("--concurrency", "4", "--keep-slot-under", "0")
     async with QueueManager.connect(dsn) as qm:
 
         async def produce(start: int) -> list[int]:

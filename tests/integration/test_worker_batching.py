@@ -1,0 +1,178 @@
+"""The worker's group commit of outcomes, and slots kept by quick handlers."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+from helpers import assert_fifo_and_limit, fetch_rows, wait_until
+
+from fifoq import App, Execution, InvalidTransition, Outcome, QueueManager, Status
+from fifoq.worker import Worker
+from fifoq.worker.completions import CompletionBatcher
+
+
+@asynccontextmanager
+async def running(worker: Worker) -> AsyncIterator[Worker]:
+    """Run a worker in this event loop; stop it (and wait for it) on exit."""
+    task = asyncio.create_task(worker.run())
+    ready = asyncio.create_task(worker.wait_ready())
+    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
+    if task.done():
+        ready.cancel()
+        await task  # raises what stopped it
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await task
+
+
+def noop_app(action: str, limit: int) -> App:
+    """An app with one quick handler."""
+    app = App()
+
+    @app.action(action, max_concurrent=limit)
+    async def handler(payload: object) -> dict[str, object]:
+        await asyncio.sleep(0)
+        return {"done": payload}
+
+    return app
+
+
+async def succeeded(qm: QueueManager, action: str) -> int:
+    """How many executions of the action succeeded so far."""
+    return (await qm.stats(action)).total_completed
+
+
+async def test_outcomes_that_arrive_together_share_one_statement(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("wb.group", max_concurrent=20)
+    started = await qm.enqueue_many("wb.group", list(range(12)))
+    claimed = await qm.claim(["wb.group"], 12)
+    assert len(claimed) == 12
+    batcher = CompletionBatcher(qm, max_batch=100)
+    results = await asyncio.gather(
+        *(batcher.complete(Outcome(e.id, result={"i": e.payload})) for e in claimed)
+    )
+    # Handed in before the sender ran: all twelve in one statement.
+    assert batcher.statements == 1
+    assert [r.id for r in results] == [e.id for e in claimed]
+    assert all(r.status is Status.SUCCEEDED for r in results)
+    assert {r.id for r in results} == {e.id for e in started}
+
+
+async def test_a_refused_batch_gives_each_caller_its_own_answer(qm: QueueManager) -> None:
+    await qm.set_policy("wb.refused", max_concurrent=5)
+    executions = await qm.enqueue_many("wb.refused", [1, 2, 3, 4])
+    assert all(e.status is Status.ACTIVE for e in executions)
+    await qm.cancel(executions[2].id)  # no longer active: its completion must fail alone
+    batcher = CompletionBatcher(qm, max_batch=100)
+    outcomes = await asyncio.gather(
+        *(batcher.complete(Outcome(e.id)) for e in executions), return_exceptions=True
+    )
+    assert isinstance(outcomes[2], InvalidTransition)
+    for i in (0, 1, 3):
+        answer = outcomes[i]
+        assert isinstance(answer, Execution) and answer.status is Status.SUCCEEDED
+    assert (await qm.get(executions[2].id)).status is Status.CANCELLED
+
+
+async def test_a_quick_worker_takes_the_next_execution_with_its_completion(dsn: str) -> None:
+    action, limit = "wb.keep", 2
+    worker = Worker(noop_app(action, limit), dsn, concurrency=limit, keep_slot_under=60.0)
+    async with running(worker), QueueManager.connect(dsn) as qm:
+        await qm.enqueue_many(action, list(range(40)))
+        await wait_until(lambda: succeeded(qm, action), message="first completions")
+        await wait_until(lambda: _all_done(qm, action, 40), timeout=30, message="all 40 succeeded")
+    assert worker._completions is not None
+    # Every execution after the first two admitted came with a completion
+    # (none left for the claim loop), except where a batch was refused.
+    assert worker._completions.claimed >= 30
+    assert worker.completed == 40
+    rows = await fetch_rows(dsn, action)
+    assert_fifo_and_limit(rows, limit)
+    assert {r.owner for r in rows} == {worker.executor_id}
+
+
+async def test_with_keep_slot_under_zero_every_slot_is_offered_to_all(dsn: str) -> None:
+    action, limit = "wb.offer", 2
+    worker = Worker(noop_app(action, limit), dsn, concurrency=limit, keep_slot_under=0)
+    async with running(worker), QueueManager.connect(dsn) as qm:
+        await qm.enqueue_many(action, list(range(20)))
+        await wait_until(lambda: _all_done(qm, action, 20), timeout=30, message="all 20 succeeded")
+    assert worker._completions is not None
+    assert worker._completions.claimed == 0
+    assert worker.completed == 20
+    assert_fifo_and_limit(await fetch_rows(dsn, action), limit)
+
+
+async def test_a_kept_slot_never_takes_an_execution_someone_waits_on(dsn: str) -> None:
+    # The execution the freed slot admits is owned (a waiter's): it stays the
+    # waiter's, and the waiter is told it started.
+    action = "wb.owned"
+    release = asyncio.Event()
+    app = App()
+
+    @app.action(action, max_concurrent=1)
+    async def handler(payload: object) -> None:
+        await release.wait()
+
+    worker = Worker(app, dsn, concurrency=1, keep_slot_under=60.0)
+    async with running(worker), QueueManager.connect(dsn) as producer:
+        first = await producer.enqueue(action, "first")
+        await wait_until(lambda: worker.running, message="the worker running the first")
+        async with QueueManager.connect(dsn) as waiter:
+            waiting = asyncio.create_task(waiter.enqueue_and_wait(action, "mine", timeout=30))
+            await wait_until(
+                lambda: _queued(producer, action), message="the waiter's execution queued"
+            )
+            release.set()
+            mine = await waiting
+            assert mine.status is Status.ACTIVE
+            assert mine.owner == waiter.executor_id
+            await waiter.complete(mine.id)
+        done = await producer.get(first.id)
+    assert done.status is Status.SUCCEEDED
+    assert done.owner == worker.executor_id
+    assert worker.completed == 1
+
+
+async def _queued(qm: QueueManager, action: str) -> bool:
+    return (await qm.stats(action)).queue_length == 1
+
+
+async def _all_done(qm: QueueManager, action: str, n: int) -> bool:
+    return await succeeded(qm, action) >= n
+
+
+@pytest.mark.parametrize("keep", [0.0, 60.0])
+async def test_stopping_worker_takes_no_more_work_with_its_completions(
+    dsn: str, keep: float
+) -> None:
+    action = f"wb.stop{int(keep)}"
+    release = asyncio.Event()
+    app = App()
+
+    @app.action(action, max_concurrent=1)
+    async def handler(payload: object) -> None:
+        await release.wait()
+
+    worker = Worker(app, dsn, concurrency=1, keep_slot_under=keep, grace=30)
+    async with QueueManager.connect(dsn) as qm:
+        task = asyncio.create_task(worker.run())
+        await worker.wait_ready()
+        executions = await qm.enqueue_many(action, [1, 2, 3])
+        await wait_until(lambda: worker.running, message="the first handler running")
+        worker.stop()
+        release.set()
+        await task
+        after = [await qm.get(e.id) for e in executions]
+    # The first finished; the one its slot admitted was not taken by the
+    # stopping worker: it is active and nobody's (another worker may claim it).
+    assert after[0].status is Status.SUCCEEDED
+    assert after[1].status is Status.ACTIVE and after[1].owner is None
+    assert after[2].status is Status.QUEUED
