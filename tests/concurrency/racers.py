@@ -11,7 +11,7 @@ from typing import Any
 
 import psycopg
 
-from fifoq import QueueManager
+from fifoq import Outcome, QueueManager
 
 SPAWN = multiprocessing.get_context("spawn")
 
@@ -94,5 +94,97 @@ def hold_a_slot_then_hang(dsn: str, action: str, holding: Event) -> None:
                 await asyncio.sleep(0.01)  # poll interval of a condition with a deadline
             holding.set()
             await waiter  # never returns: the slot ahead is ours and we never complete it
+
+    asyncio.run(main())
+
+
+def enqueue_batches(
+    dsn: str, action: str, batches: int, start_line: Barrier, seed: int, groups: str
+) -> None:
+    """Enqueue ``batches`` batches of 1 to 8 payloads with enqueue_many, spread over ``groups``.
+
+    Each payload names its producer, batch, index in the batch and the batch's
+    size, so the test can find every batch again and check it is whole.
+    """
+
+    async def main() -> None:
+        rng = random.Random(seed)
+        async with QueueManager.connect(dsn, name=f"batcher-{seed}") as qm:
+            await asyncio.to_thread(start_line.wait, 60)
+            for batch in range(batches):
+                size = rng.randint(1, 8)
+                payloads = [
+                    {"by": seed, "batch": batch, "i": i, "size": size, "g": rng.choice(groups)}
+                    for i in range(size)
+                ]
+                await qm.enqueue_many(action, payloads)
+                await asyncio.sleep(rng.random() / 300)  # pace: race the completions throughout
+
+    asyncio.run(main())
+
+
+def enqueue_singly(
+    dsn: str, action: str, n: int, start_line: Barrier, seed: int, groups: str
+) -> None:
+    """Enqueue ``n`` executions one by one with enqueue (a batch of one, in the payloads' terms)."""
+
+    async def main() -> None:
+        rng = random.Random(seed)
+        async with QueueManager.connect(dsn, name=f"single-{seed}") as qm:
+            await asyncio.to_thread(start_line.wait, 60)
+            for j in range(n):
+                payload = {"by": seed, "batch": j, "i": 0, "size": 1, "g": rng.choice(groups)}
+                await qm.enqueue(action, payload)
+                if rng.random() < 0.5:
+                    await asyncio.sleep(rng.random() / 1000)
+
+    asyncio.run(main())
+
+
+def claim_and_complete_many(
+    dsn: str, action: str, producers_done: Event, start_line: Barrier, seed: int
+) -> None:
+    """Claim admitted executions and finish them with complete_many (now and then one by one).
+
+    Stops once the producers are done and nothing of ``action`` is left
+    queued or active; fails after 60 s.
+    """
+
+    async def unfinished(conn: psycopg.AsyncConnection[Any]) -> int:
+        cur = await conn.execute(
+            "SELECT count(*) FROM fifoq.execution_details"
+            " WHERE action = %s AND status IN ('queued', 'active')",
+            (action,),
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def main() -> None:
+        rng = random.Random(seed)
+        async with (
+            QueueManager.connect(dsn, name=f"completer-{seed}", min_size=2) as qm,
+            await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn,
+        ):
+            await asyncio.to_thread(start_line.wait, 60)
+            deadline = time.monotonic() + 60
+            while True:
+                claimed = await qm.claim([action], rng.randint(1, 4))
+                if claimed:
+                    if rng.random() < 0.5:
+                        await asyncio.sleep(rng.random() / 500)  # up to 2 ms of "work"
+                    if len(claimed) == 1 and rng.random() < 0.3:
+                        await qm.complete(claimed[0].id, result={"by": seed})
+                    else:
+                        rng.shuffle(claimed)  # completion order is not admission order
+                        await qm.complete_many(
+                            [Outcome(e.id, result={"by": seed}) for e in claimed]
+                        )
+                    continue
+                if producers_done.is_set() and not await unfinished(conn):
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"work of {action} left after 60 s")
+                await asyncio.sleep(0.002)  # nothing admitted yet: poll again
 
     asyncio.run(main())

@@ -178,7 +178,7 @@ def test_admission_uses_the_queue_head_index(setup: tuple[PlanCatcher, int]) -> 
         "the queue-head query of fifoq.admit",
     )
     _assert_uses(
-        _select(plans, "SELECT 1 FROM fifoq.executions g"),
+        _select(plans, "FROM fifoq.executions g WHERE g.queue_id = p_queue_id"),
         "executions_queue_head",
         "the gap check of fifoq.admit",
     )
@@ -251,3 +251,53 @@ def test_stats_read_the_queue_head_not_the_history(setup: tuple[PlanCatcher, int
     plans = catcher.run("SELECT fifoq.refresh_stats()")
     refresh = [p for p in plans if any(s[1] == "executions" for s in _scans(p["Plan"]))]
     _assert_uses(refresh, "executions_queue_head", "the refresh of fifoq.queue_stats")
+
+
+def _executions_scans(plans: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
+    """(node type, index, statement) of every read of fifoq.executions in the plans."""
+    return [
+        (node_type, index, _normal(plan["Query Text"])[:160])
+        for plan in plans
+        for node_type, relation, index in _scans(plan["Plan"])
+        if relation == "executions" and node_type != "ModifyTable"
+    ]
+
+
+def test_complete_many_reads_executions_by_key_only(setup: tuple[PlanCatcher, int]) -> None:
+    """Every statement of a completion batch finds its rows by id or by queue head.
+
+    None may scan the history (a join of the batch's ids with the table was
+    once planned that way).
+    """
+    catcher, _ = setup
+    plans: list[dict[str, Any]] = []
+    for _ in range(ROUNDS):
+        ids = [_active_id(catcher, action) for action in ("perf.3", "perf.4")]
+        plans += catcher.run(
+            "SELECT * FROM fifoq.complete_many(%(ids)s::bigint[], %(results)s::jsonb[],"
+            " %(errors)s::text[])",
+            {"ids": ids, "results": ['{"ok": true}', None], "errors": [None, "failed"]},
+        )
+    scans = _executions_scans(plans)
+    assert any(index == "executions_pkey" for _, index, _ in scans), (
+        f"complete_many: no lookup by id seen; if its body changed, update this guard: {scans}"
+    )
+    allowed = {"executions_pkey", "executions_queue_head"}
+    outside = [s for s in scans if s[1] not in allowed]
+    assert not outside, f"complete_many reads fifoq.executions outside {sorted(allowed)}: {outside}"
+
+
+def test_enqueue_many_reads_no_executions(setup: tuple[PlanCatcher, int]) -> None:
+    """A batch of enqueues only inserts: it never reads the queue's history back."""
+    catcher, _ = setup
+    plans: list[dict[str, Any]] = []
+    for n in range(ROUNDS):
+        plans += catcher.run(
+            "SELECT * FROM fifoq.enqueue_many(%(action)s, %(payloads)s::jsonb[])",
+            {"action": "perf.5", "payloads": [f'{{"n": {n}, "i": {i}}}' for i in range(3)]},
+        )
+    assert any("INSERT INTO fifoq.executions" in _normal(p["Query Text"]) for p in plans), (
+        "enqueue_many: its insert was not seen; if its body changed, update this guard"
+    )
+    scans = _executions_scans(plans)
+    assert not scans, f"enqueue_many reads fifoq.executions: {scans}"
