@@ -268,11 +268,7 @@ class QueueManager:
         ``payloads``. ``conn`` works as for :meth:`enqueue`.
         """
         check_action(action)
-        if isinstance(payloads, str | bytes | dict):
-            raise InvalidInput(
-                f"payloads must be a list of payloads, got a {type(payloads).__name__}"
-            )
-        values = list(payloads)
+        values = _as_list(payloads, what="payloads", item="payloads")
         check_batch_size(len(values), what="payloads")
         params = {
             "action": action,
@@ -373,7 +369,7 @@ class QueueManager:
     async def _complete_many(
         self, outcomes: Iterable[Outcome], *, claim_actions: list[str] | None, claim_limit: int
     ) -> tuple[list[Execution], list[Execution]]:
-        items = list(outcomes)
+        items = _as_list(outcomes, what="outcomes", item="fifoq.Outcome items")
         check_batch_size(len(items), what="outcomes")
         ids: list[int] = []
         results: list[str | None] = []
@@ -912,6 +908,13 @@ _PROGRESS = {
 def _changed_rows(rows: list[dict[str, Any]]) -> list[Change]:
     """What state changes that return execution rows did."""
     return [Change(row["id"], Status(row["status"]), row["owner"]) for row in rows]
+
+
+def _as_list(values: object, *, what: str, item: str) -> list[Any]:
+    """A batch argument as a list; InvalidInput for a lone value or a non-iterable."""
+    if isinstance(values, str | bytes | dict) or not isinstance(values, Iterable):
+        raise InvalidInput(f"{what} must be a list of {item}, got a {type(values).__name__}")
+    return list(values)
 
 
 @contextlib.asynccontextmanager

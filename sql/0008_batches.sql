@@ -141,16 +141,20 @@ DECLARE
     v_policy  fifoq.policies;
     v_groups  text[];
     v_bad     text;
+    v_group   text;
     v_queue   record;
-    v_locked  integer[] := '{}';
     v_row     fifoq.queues;
-    v_n       integer;
     v_admit   integer;
     v_wait    integer;
     v_first   bigint;
     v_where   text;
-    v_rows    fifoq.execution_details[] := '{}';
-    v_ords    bigint[] := '{}';
+    v_notify  boolean := false;
+    -- One entry per queue of the batch: its group, id, first new seq, and
+    -- how many of its share start at once.
+    v_qgroups text[] := '{}';
+    v_qids    integer[] := '{}';
+    v_firsts  bigint[] := '{}';
+    v_admits  integer[] := '{}';
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
@@ -175,30 +179,35 @@ BEGIN
                              v_bad, p_action);
     END IF;
 
-    -- Every queue of the batch exists before any is locked; then the locks
-    -- are taken in ascending id order (deadlock-free against other batches
-    -- and against fifoq.abandon_owned, maintain and set_policy).
-    FOR v_queue IN
-        SELECT fifoq.ensure_queue(p_action, g) AS id, g AS group_key
-        FROM (SELECT DISTINCT g FROM unnest(v_groups) AS g) AS d
-        ORDER BY 1
-    LOOP
-        PERFORM fifoq.lock_queue(v_queue.id);
-        v_locked := v_locked || v_queue.id;
+    -- Missing queues are created first, in group name order: a new queue's
+    -- row is an uncommitted insert that a second batch creating the same
+    -- queue waits for, so two batches creating several must do it in one
+    -- order, or each waits for the other (deadlock).
+    FOR v_group IN SELECT DISTINCT g FROM unnest(v_groups) AS g ORDER BY 1 LOOP
+        PERFORM fifoq.ensure_queue(p_action, v_group);
     END LOOP;
 
+    -- Then each queue's lock, in ascending id order (deadlock-free against
+    -- other batches and against fifoq.abandon_owned, maintain, set_policy),
+    -- and its share: counters, seq range, what starts at once. Set-based
+    -- (one grouping, one join), so a batch over many groups costs no more
+    -- per execution than a batch over one.
     FOR v_queue IN
-        SELECT q.id, q.group_key FROM fifoq.queues q WHERE q.id = ANY (v_locked) ORDER BY q.id
+        SELECT q.id, q.group_key, c.n
+        FROM (SELECT g, count(*)::integer AS n FROM unnest(v_groups) AS g GROUP BY g) AS c
+        JOIN fifoq.queues q ON q.action = p_action AND q.group_key = c.g
+        ORDER BY q.id
     LOOP
+        PERFORM fifoq.lock_queue(v_queue.id);
         -- Read under the lock: a new statement sees what the previous holder committed.
         SELECT * INTO v_row FROM fifoq.queues WHERE id = v_queue.id;
-        SELECT count(*) INTO v_n FROM unnest(v_groups) AS g WHERE g = v_queue.group_key;
         -- Admitted at once: only into free slots of a queue nobody waits in
         -- (a newcomer never jumps the line), and in input order.
         v_admit := CASE WHEN v_row.queued_count > 0 THEN 0
-                        ELSE least(v_n, greatest(coalesce(v_policy.max_concurrent - v_row.active_count, v_n), 0))
+                        ELSE least(v_queue.n,
+                                   greatest(coalesce(v_policy.max_concurrent - v_row.active_count, v_queue.n), 0))
                    END;
-        v_wait := v_n - v_admit;
+        v_wait := v_queue.n - v_admit;
         IF v_wait > 0 THEN
             v_where := CASE WHEN v_queue.group_key = '' THEN '' ELSE format(' (group %L)', v_queue.group_key) END;
             IF v_policy.on_limit = 'reject' THEN
@@ -206,65 +215,66 @@ BEGIN
                     MESSAGE = format('action %L%s is at its limit: %s of %s active, %s waiting; %s of the %s '
                                      'executions in this batch could not start at once (on_limit=reject)',
                                      p_action, v_where, v_row.active_count, v_policy.max_concurrent,
-                                     v_row.queued_count, v_wait, v_n);
+                                     v_row.queued_count, v_wait, v_queue.n);
             END IF;
             IF v_row.queued_count + v_wait > v_policy.max_queue_length THEN
                 RAISE EXCEPTION USING ERRCODE = 'FQ429',
                     MESSAGE = format('queue full for action %L%s: %s of %s waiting, a batch of %s would add %s',
                                      p_action, v_where, v_row.queued_count, v_policy.max_queue_length,
-                                     v_n, v_wait);
+                                     v_queue.n, v_wait);
             END IF;
         END IF;
-
         UPDATE fifoq.queues
-        SET last_seq = last_seq + v_n,
-            total_enqueued = total_enqueued + v_n,
+        SET last_seq = last_seq + v_queue.n,
+            total_enqueued = total_enqueued + v_queue.n,
             queued_count = queued_count + v_wait,
             active_count = active_count + v_admit
         WHERE id = v_queue.id
-        RETURNING last_seq - v_n INTO v_first;
-
-        -- One insert for the queue's share of the batch, in input order:
-        -- seq, id, enqueued_at and started_at all grow with it. The answer
-        -- rows are built from what the insert returns, not read back (a
-        -- join of the new ids with the table may be planned as a scan of
-        -- the whole history).
-        WITH mine AS (
-            SELECT p, ord, row_number() OVER (ORDER BY ord) AS rank
-            FROM unnest(p_payloads, v_groups) WITH ORDINALITY AS t(p, g, ord)
-            WHERE g = v_queue.group_key
-        ), inserted AS (
-            INSERT INTO fifoq.executions (queue_id, seq, status, owner, enqueued_at, deadline, started_at, payload)
-            SELECT v_queue.id, v_first + rank,
-                   CASE WHEN rank <= v_admit THEN 'active' ELSE 'queued' END::fifoq.execution_status,
-                   p_owner,
-                   clock_timestamp(),
-                   CASE WHEN rank > v_admit THEN clock_timestamp() + v_policy.queue_timeout * interval '1 second' END,
-                   CASE WHEN rank <= v_admit THEN clock_timestamp() END,
-                   p
-            FROM mine
-            ORDER BY rank
-            RETURNING *
-        )
-        SELECT v_rows || array_agg(fifoq.details(ROW(i.*)::fifoq.executions, p_action, v_queue.group_key)
-                                   ORDER BY i.seq),
-               v_ords || array_agg(m.ord ORDER BY i.seq)
-        INTO v_rows, v_ords
-        FROM inserted i JOIN mine m ON m.rank = i.seq - v_first;
-
-        IF v_admit > 0 AND p_owner IS NULL THEN
-            PERFORM pg_notify('fifoq_work', p_action);
-        END IF;
+        RETURNING last_seq - v_queue.n INTO v_first;
+        v_qgroups := array_append(v_qgroups, v_queue.group_key);
+        v_qids := array_append(v_qids, v_queue.id);
+        v_firsts := array_append(v_firsts, v_first);
+        v_admits := array_append(v_admits, v_admit);
+        v_notify := v_notify OR (v_admit > 0 AND p_owner IS NULL);
     END LOOP;
 
-    -- The answer in input order (the caller pairs it with its payloads).
-    -- (unnest of several arrays expands a composite element into its columns.)
+    IF v_notify THEN
+        PERFORM pg_notify('fifoq_work', p_action);  -- sent at commit
+    END IF;
+
+    -- One insert for the whole batch. Each payload's rank in its queue's
+    -- share gives its seq; rows go in queue by queue in seq order, so id,
+    -- enqueued_at and started_at grow with seq. The answer is built from
+    -- what the insert returns (reading the new ids back from the table can
+    -- be planned as a scan of the whole history), in input order.
     RETURN QUERY
-        SELECT u.id, u.action, u."group", u.seq, u.status, u.payload, u.result, u.error, u.enqueued_at,
-               u.started_at, u.finished_at, u.owner, u.queue_id, u.deadline
-        FROM unnest(v_rows, v_ords) AS u(id, action, "group", seq, status, payload, result, error, enqueued_at,
-                                         started_at, finished_at, owner, queue_id, deadline, ord)
-        ORDER BY u.ord;
+        WITH input AS (
+            SELECT t.p, t.g, t.ord, row_number() OVER (PARTITION BY t.g ORDER BY t.ord) AS rank
+            FROM unnest(p_payloads, v_groups) WITH ORDINALITY AS t(p, g, ord)
+        ), placed AS (
+            -- Where each payload goes: its queue and seq (the answer is
+            -- matched back on exactly these two, a hash join).
+            SELECT s.queue_id, s.first_seq + i.rank AS seq, i.rank <= s.admit AS admitted, i.p, i.g, i.ord
+            FROM input i
+            JOIN unnest(v_qgroups, v_qids, v_firsts, v_admits) AS s(g, queue_id, first_seq, admit) ON s.g = i.g
+        ), inserted AS (
+            INSERT INTO fifoq.executions (queue_id, seq, status, owner, enqueued_at, deadline, started_at, payload)
+            SELECT pl.queue_id, pl.seq,
+                   CASE WHEN pl.admitted THEN 'active' ELSE 'queued' END::fifoq.execution_status,
+                   p_owner,
+                   clock_timestamp(),
+                   CASE WHEN NOT pl.admitted THEN clock_timestamp() + v_policy.queue_timeout * interval '1 second' END,
+                   CASE WHEN pl.admitted THEN clock_timestamp() END,
+                   pl.p
+            FROM placed pl
+            ORDER BY pl.queue_id, pl.seq
+            RETURNING *
+        )
+        SELECT d.*
+        FROM inserted x
+        JOIN placed pl ON pl.queue_id = x.queue_id AND pl.seq = x.seq
+        CROSS JOIN LATERAL fifoq.details(ROW(x.*)::fifoq.executions, p_action, pl.g) AS d
+        ORDER BY pl.ord;
 END
 $$;
 COMMENT ON FUNCTION fifoq.enqueue_many(text, jsonb[], text, bigint) IS
@@ -289,11 +299,7 @@ DECLARE
     v_admit    record;
     v_bad      bigint;
     v_queue_id integer;
-    v_done     integer;
-    v_ok       integer;
-    v_failed   integer;
-    v_queued   integer;
-    v_action   text;
+    v_queue    record;
     v_status   fifoq.execution_status;
 BEGIN
     IF v_n = 0 THEN
@@ -315,49 +321,65 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'FQ404', MESSAGE = format('unknown execution %s', v_bad);
     END IF;
 
-    -- Each queue of the batch, locked in ascending id order, then its share
-    -- completed exactly as fifoq.complete does: only active executions (so
-    -- a repeated completion never frees a second slot), counters, admission
-    -- of the head into the freed slots, owner notifications.
+    -- Every queue of the batch, locked in ascending id order (a queue id
+    -- never changes, so reading it before the lock is safe).
     FOR v_queue_id IN
         SELECT DISTINCT e.queue_id FROM fifoq.executions e WHERE e.id = ANY (p_ids) ORDER BY 1
     LOOP
         PERFORM fifoq.lock_queue(v_queue_id);
-        -- Checked under the lock, before anything changes: the RAISE leaves
-        -- the whole batch undone, including queues completed before this one.
-        SELECT e.id, e.status INTO v_bad, v_status FROM fifoq.executions e
-        WHERE e.id = ANY (p_ids) AND e.queue_id = v_queue_id AND e.status <> 'active'
-        ORDER BY e.id LIMIT 1;
-        IF FOUND THEN
-            RAISE EXCEPTION USING ERRCODE = 'FQ409',
-                MESSAGE = format('cannot complete execution %s: it is %s, not active', v_bad, v_status);
-        END IF;
-        WITH input AS (
-            SELECT * FROM unnest(p_ids, p_results, p_errors) AS t(id, result, error)
-        ), done AS (
-            UPDATE fifoq.executions e
-            SET status = CASE WHEN i.error IS NULL THEN 'succeeded' ELSE 'failed' END::fifoq.execution_status,
-                result = i.result, error = i.error, finished_at = clock_timestamp()
-            FROM input i
-            WHERE e.id = i.id AND e.queue_id = v_queue_id AND e.status = 'active'
-            RETURNING e.id, e.owner, e.status, e.finished_at
-        ), told AS (
-            -- The claimer completing its own executions needs no word of it.
-            SELECT d.status,
-                   CASE WHEN d.owner IS DISTINCT FROM p_claimer
-                        THEN fifoq.notify_owner(d.owner, d.id, d.status, d.finished_at) END
-            FROM done d
-        )
-        SELECT count(*), count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status = 'failed')
-        INTO v_done, v_ok, v_failed
-        FROM told;
-        UPDATE fifoq.queues
-        SET active_count = active_count - v_done,
-            total_succeeded = total_succeeded + v_ok,
-            total_failed = total_failed + v_failed
-        WHERE id = v_queue_id
-        RETURNING queued_count, action INTO v_queued, v_action;
-        IF p_claimer IS NOT NULL AND (p_claim_actions IS NULL OR v_action = ANY (p_claim_actions))
+    END LOOP;
+
+    -- Under the locks, before anything changes: only active executions
+    -- complete, so a repeated completion never frees a second slot, and the
+    -- RAISE leaves the whole batch undone.
+    SELECT e.id, e.status INTO v_bad, v_status FROM fifoq.executions e
+    WHERE e.id = ANY (p_ids) AND e.status <> 'active'
+    ORDER BY e.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ409',
+            MESSAGE = format('cannot complete execution %s: it is %s, not active', v_bad, v_status);
+    END IF;
+
+    -- The whole batch in one update, the counters of each queue in one more:
+    -- exactly what fifoq.complete does per execution, set-based, so a batch
+    -- over many queues costs no more per execution than one over a queue.
+    WITH input AS (
+        SELECT * FROM unnest(p_ids, p_results, p_errors) AS t(id, result, error)
+    ), done AS (
+        UPDATE fifoq.executions e
+        SET status = CASE WHEN i.error IS NULL THEN 'succeeded' ELSE 'failed' END::fifoq.execution_status,
+            result = i.result, error = i.error, finished_at = clock_timestamp()
+        FROM input i
+        WHERE e.id = i.id AND e.status = 'active'
+        RETURNING e.id, e.queue_id, e.owner, e.status, e.finished_at
+    ), told AS (
+        -- The claimer completing its own executions needs no word of it.
+        SELECT d.queue_id, d.status,
+               CASE WHEN d.owner IS DISTINCT FROM p_claimer
+                    THEN fifoq.notify_owner(d.owner, d.id, d.status, d.finished_at) END
+        FROM done d
+    ), per_queue AS (
+        SELECT t.queue_id, count(*)::integer AS n,
+               count(*) FILTER (WHERE t.status = 'succeeded')::integer AS ok,
+               count(*) FILTER (WHERE t.status = 'failed')::integer AS failed
+        FROM told t
+        GROUP BY t.queue_id
+    )
+    UPDATE fifoq.queues q
+    SET active_count = q.active_count - c.n,
+        total_succeeded = q.total_succeeded + c.ok,
+        total_failed = q.total_failed + c.failed
+    FROM per_queue c
+    WHERE q.id = c.queue_id;
+
+    -- The freed slots go to each queue's head, in ascending queue order;
+    -- with p_claimer, to the claimer where nobody waits on them.
+    FOR v_queue IN
+        SELECT q.id, q.action, q.queued_count FROM fifoq.queues q
+        WHERE q.id IN (SELECT DISTINCT e.queue_id FROM fifoq.executions e WHERE e.id = ANY (p_ids))
+        ORDER BY q.id
+    LOOP
+        IF p_claimer IS NOT NULL AND (p_claim_actions IS NULL OR v_queue.action = ANY (p_claim_actions))
            AND cardinality(v_claimed) < p_claim_limit THEN
             -- Executions admitted earlier that no worker has taken yet come
             -- first (executions_unclaimed, in seq order): a worker starts
@@ -365,19 +387,19 @@ BEGIN
             -- while an older one waits for a claim.
             SELECT array_agg(u.id ORDER BY u.seq) INTO v_older
             FROM (SELECT e.id, e.seq FROM fifoq.executions e
-                  WHERE e.queue_id = v_queue_id AND e.status = 'active' AND e.owner IS NULL
+                  WHERE e.queue_id = v_queue.id AND e.status = 'active' AND e.owner IS NULL
                   ORDER BY e.seq
                   LIMIT p_claim_limit - cardinality(v_claimed)) AS u;
             IF v_older IS NOT NULL THEN
                 UPDATE fifoq.executions SET owner = p_claimer WHERE id = ANY (v_older);
                 v_claimed := v_claimed || v_older;
             END IF;
-            IF v_queued > 0 THEN
-                v_admit := fifoq.admit_to(v_queue_id, p_claimer, p_claim_limit - cardinality(v_claimed));
+            IF v_queue.queued_count > 0 THEN
+                v_admit := fifoq.admit_to(v_queue.id, p_claimer, p_claim_limit - cardinality(v_claimed));
                 v_claimed := v_claimed || v_admit.claimed;
             END IF;
-        ELSIF v_queued > 0 THEN
-            PERFORM fifoq.admit(v_queue_id);
+        ELSIF v_queue.queued_count > 0 THEN
+            PERFORM fifoq.admit(v_queue.id);
         END IF;
     END LOOP;
 

@@ -48,7 +48,7 @@ PRODUCER_BATCH = 100
 # Most handlers one benchmark worker process runs at once.
 MAX_WORKER_CONCURRENCY = 1000
 # How often the driver looks whether the batched run has finished.
-FINISHED_POLL_SECONDS = 0.01
+FINISHED_POLL_SECONDS = 0.1
 # The two ways the throughput workloads drive fifoq.
 PER_CALL = "per call"
 BATCHED = "batched"

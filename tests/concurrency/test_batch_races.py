@@ -17,7 +17,6 @@ from collections import defaultdict
 from typing import Any
 
 import psycopg
-import pytest
 from helpers import Row, assert_fifo_and_limit, fetch_rows, max_overlap
 from racers import (
     SPAWN,
@@ -163,14 +162,6 @@ async def _executor_ids(dsn: str, seeds: tuple[int, ...]) -> list[int]:
         return [row[0] for row in await cur.fetchall()]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=psycopg.errors.DeadlockDetected,
-    reason="enqueue_many creates its missing queues (fifoq.ensure_queue) in the order of a"
-    " DISTINCT over the groups, not a sorted one, before it takes any queue lock: two batches"
-    " that both create queues X and Y can insert them in opposite orders and wait for each"
-    " other's uncommitted insert (40P01, surfaced as psycopg.errors.DeadlockDetected)",
-)
 async def test_batches_creating_the_same_new_queues_at_once_do_not_deadlock(dsn: str) -> None:
     """Two executors enqueue batches over overlapping sets of new groups at the same time.
 

@@ -571,13 +571,22 @@ async def test_bad_outcomes_are_refused_before_anything_changes(
     ]
     for outcomes, named in cases:
         await assert_refused(dsn, lambda o=outcomes: qm.complete_many(o), InvalidInput, named)
+    for lone in (None, 5, ok):
+        await assert_refused(
+            dsn,
+            lambda o=lone: qm.complete_many(o),  # type: ignore[arg-type]
+            InvalidInput,
+            "outcomes must be a list of fifoq.Outcome items",
+        )
     assert await statuses(qm, [running, other]) == [A, A]
 
 
 # -- enqueue_many: bad input ---------------------------------------------------------
 
 
-@pytest.mark.parametrize("payloads", ["abc", b"ab", {"a": 1}], ids=lambda p: type(p).__name__)
+@pytest.mark.parametrize(
+    "payloads", ["abc", b"ab", {"a": 1}, None, 5], ids=lambda p: type(p).__name__
+)
 async def test_a_single_payload_where_a_list_belongs_is_refused(
     qm: QueueManager, dsn: str, payloads: Any
 ) -> None:
