@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import sys
 import time
-from typing import Annotated
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
 
 from ..errors import ExecutionAbandoned, ExecutionCancelled, QueueTimeout
 from ..manager import QueueManager
 from ..models import Execution, Status
-from ..validation import check_action, check_group
+from ..validation import MAX_BATCH, check_action, check_group
 from ._common import (
     DebugOption,
     DsnOption,
@@ -69,6 +72,15 @@ def enqueue(
     payload: Annotated[
         str | None, typer.Option("--payload", metavar="JSON", help="Payload as JSON text.")
     ] = None,
+    payloads: Annotated[
+        str | None,
+        typer.Option(
+            "--payloads",
+            metavar="FILE",
+            help="Enqueue one execution per line of FILE (JSON Lines; '-' reads stdin), "
+            f"{MAX_BATCH:,} per statement, each statement all or nothing.",
+        ),
+    ] = None,
     group: Annotated[
         str | None,
         typer.Option(
@@ -95,16 +107,22 @@ def enqueue(
     """Enqueue an execution and print it (queued, or active if admitted at once).
 
     Nobody owns it: a worker running the action picks it up, or you finish
-    it yourself with `fifoq complete ID`.
+    it yourself with `fifoq complete ID`. With --payloads, many at once, in
+    the order of the file's lines.
     """
     value = parse_json_option("--payload", payload)
     wait_timeout = parse_seconds("--timeout", timeout)
     if wait_timeout is not None and not wait:
         bad_value("--timeout", "only makes sense with --wait")
+    if payloads is not None and (payload is not None or wait):
+        bad_value("--payloads", "cannot be combined with --payload or --wait")
     with errors_handled(debug):
         check_action(action)
         check_group(group)
     conninfo = connection_string(dsn)
+    if payloads is not None:
+        _enqueue_lines(action, _read_lines(payloads), group, conninfo, quiet, as_json, debug)
+        return
 
     async def go() -> Execution:
         async with connect(conninfo, "enqueue") as qm:
@@ -125,9 +143,60 @@ def enqueue(
         _show(execution, as_json)
 
 
+def _read_lines(source: str) -> list[Any]:
+    """The payloads of a JSON Lines file ('-': stdin); a usage error names a bad line."""
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        bad_value("--payloads", f"cannot read {source}: {exc}")
+    values: list[Any] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            values.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            bad_value("--payloads", f"line {number} is not valid JSON ({exc.msg})")
+    if not values:
+        bad_value("--payloads", f"{source} holds no payload (one JSON value per line)")
+    return values
+
+
+def _enqueue_lines(
+    action: str,
+    values: list[Any],
+    group: str | None,
+    conninfo: str,
+    quiet: bool,
+    as_json: bool,
+    debug: bool,
+) -> None:
+    async def go() -> list[Execution]:
+        done: list[Execution] = []
+        async with connect(conninfo, "enqueue") as qm:
+            for start in range(0, len(values), MAX_BATCH):
+                done += await qm.enqueue_many(
+                    action, values[start : start + MAX_BATCH], group=group
+                )
+        return done
+
+    executions = run(go(), debug=debug, dsn=conninfo)
+    if quiet:
+        typer.echo("\n".join(str(e.id) for e in executions))
+    elif as_json:
+        print_json(executions)
+    else:
+        active = sum(e.status is Status.ACTIVE for e in executions)
+        typer.echo(
+            f"enqueued {len(executions):,} executions of {action}: {active:,} active, "
+            f"{len(executions) - active:,} queued (ids {min(e.id for e in executions)} to "
+            f"{max(e.id for e in executions)})"
+        )
+
+
 ENQUEUE_EPILOG = (
     'Example: fifoq enqueue core.deploy --payload \'{"host": "web-1"}\' --wait;  '
-    "ID=$(fifoq enqueue core.deploy -q)"
+    "ID=$(fifoq enqueue core.deploy -q);  fifoq enqueue core.deploy --payloads hosts.jsonl"
 )
 
 

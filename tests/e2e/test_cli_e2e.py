@@ -14,6 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
@@ -193,6 +194,62 @@ def test_dsn_is_also_accepted_before_the_command(dsn: str) -> None:
     assert nowhere.returncode == 1 and "port 1" in nowhere.stderr
 
 
+def test_enqueue_payloads_from_a_file_or_stdin_in_line_order(dsn: str, tmp_path: Path) -> None:
+    policy = run_cli("policy", "set", "cli.bulk", "--max-concurrent", "2", "--dsn", dsn)
+    assert policy.returncode == 0, policy.stderr
+    lines = tmp_path / "payloads.jsonl"
+    lines.write_text('{"n": 1}\n\n[2]\n"three"\nnull\n', encoding="utf-8")
+    text = run_cli("enqueue", "cli.bulk", "--payloads", str(lines), "--dsn", dsn)
+    assert text.returncode == 0, text.stderr
+    assert text.stdout.startswith("enqueued 4 executions of cli.bulk: 2 active, 2 queued")
+    piped = subprocess.run(
+        [fifoq_bin(), "enqueue", "cli.bulk", "--payloads", "-", "--json", "--dsn", dsn],
+        input='{"n": 5}\n{"n": 6}\n',
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=HERE,
+    )
+    assert piped.returncode == 0, piped.stderr
+    assert [e["payload"] for e in json.loads(piped.stdout)] == [{"n": 5}, {"n": 6}]
+    with psycopg.connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT payload, status FROM fifoq.execution_details"
+            " WHERE action = 'cli.bulk' ORDER BY seq"
+        ).fetchall()
+    assert [r[0] for r in rows] == [{"n": 1}, [2], "three", None, {"n": 5}, {"n": 6}]
+    assert [r[1] for r in rows] == ["active", "active", "queued", "queued", "queued", "queued"]
+
+
+def test_enqueue_payloads_that_do_not_fit_store_nothing(dsn: str, tmp_path: Path) -> None:
+    run_cli(
+        "policy",
+        "set",
+        "cli.full",
+        "--max-concurrent",
+        "1",
+        "--max-queue-length",
+        "1",
+        "--dsn",
+        dsn,
+    )
+    lines = tmp_path / "payloads.jsonl"
+    lines.write_text("1\n2\n3\n", encoding="utf-8")
+    full = run_cli("enqueue", "cli.full", "--payloads", str(lines), "--dsn", dsn)
+    assert full.returncode == 1
+    assert "queue full for action 'cli.full'" in one_line_error(full)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("1\n{oops\n", encoding="utf-8")
+    broken = run_cli("enqueue", "cli.full", "--payloads", str(bad), "--dsn", dsn)
+    assert broken.returncode == 2
+    assert "line 2 is not valid JSON" in broken.stderr
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM fifoq.execution_details WHERE action = 'cli.full'"
+        ).fetchone()
+    assert row == (0,)
+
+
 def test_purge_removes_finished_executions_in_batches(dsn: str) -> None:
     ids = []
     for _ in range(3):
@@ -216,6 +273,8 @@ USAGE_ERRORS = [
     (["enqueue", "x", "--payload", "{bad"], "--payload"),
     (["complete", "1", "--result", "nope"], "--result"),
     (["enqueue", "x", "--timeout", "3"], "--timeout"),
+    (["enqueue", "x", "--payloads", "-", "--wait"], "--payloads"),
+    (["enqueue", "x", "--payloads", "/no/such/file.jsonl"], "cannot read"),
     (["policy", "set", "x", "--max-concurrent", "1", "--queue-timeout", "soon"], "--queue-timeout"),
     (["policy", "set", "x", "--max-concurrent", "1", "--on-limit", "drop"], "--on-limit"),
     (["complete", "not-a-number"], "ID"),
