@@ -185,11 +185,7 @@ async def _worker_role(spec: WorkerSpec, chan: _Conn) -> dict[str, Any]:
         name="fifoq-bench-worker",
     )
     running = asyncio.create_task(worker.run())
-    ready = asyncio.create_task(worker.wait_ready())
-    await asyncio.wait({running, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if running.done():
-        ready.cancel()
-        await running  # raises what stopped it
+    await worker.wait_ready()  # raises what stopped it, if it could not start
     await _ready_then_go(chan)
     cpu = time.process_time()
     await _until_stop(chan)

@@ -183,6 +183,7 @@ class Worker:
         self._force = asyncio.Event()
         self._ready = asyncio.Event()
         self._completions: CompletionBatcher | None = None
+        self._failure: BaseException | None = None  # what ended run() before it was ready
 
     # -- control -----------------------------------------------------------
 
@@ -192,8 +193,14 @@ class Worker:
         return [r.execution for r in self._running.values()]
 
     async def wait_ready(self) -> None:
-        """Return once the worker is connected, has applied its policies and claims work."""
+        """Return once the worker is connected, has applied its policies and claims work.
+
+        If :meth:`run` ends before that (the server cannot be reached, a
+        policy is refused), raises what ended it instead of waiting forever.
+        """
         await self._ready.wait()
+        if self._failure is not None:
+            raise self._failure
 
     def stop(self) -> None:
         """Stop claiming and finish gracefully; called a second time, cancel handlers now."""
@@ -257,6 +264,11 @@ class Worker:
                 self.completed,
                 len(self.handed_back),
             )
+        except BaseException as exc:
+            if not self._ready.is_set():
+                self._failure = exc
+                self._ready.set()  # wake wait_ready(), which raises it
+            raise
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)

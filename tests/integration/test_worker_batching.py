@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import psycopg
 import pytest
 from helpers import assert_fifo_and_limit, fetch_rows, wait_until
 
@@ -18,11 +19,7 @@ from fifoq.worker.completions import CompletionBatcher
 async def running(worker: Worker) -> AsyncIterator[Worker]:
     """Run a worker in this event loop; stop it (and wait for it) on exit."""
     task = asyncio.create_task(worker.run())
-    ready = asyncio.create_task(worker.wait_ready())
-    await asyncio.wait({task, ready}, return_when=asyncio.FIRST_COMPLETED)
-    if task.done():
-        ready.cancel()
-        await task  # raises what stopped it
+    await worker.wait_ready()
     try:
         yield worker
     finally:
@@ -143,6 +140,15 @@ async def test_a_kept_slot_never_takes_an_execution_someone_waits_on(dsn: str) -
 
 async def _queued(qm: QueueManager, action: str) -> bool:
     return (await qm.stats(action)).queue_length == 1
+
+
+async def test_wait_ready_raises_what_kept_the_worker_from_starting() -> None:
+    worker = Worker(noop_app("wb.never", 1), "postgresql://nobody@127.0.0.1:1/none")
+    task = asyncio.create_task(worker.run())
+    with pytest.raises(psycopg.OperationalError):
+        await asyncio.wait_for(worker.wait_ready(), timeout=30)
+    with pytest.raises(psycopg.OperationalError):
+        await task
 
 
 async def _all_done(qm: QueueManager, action: str, n: int) -> bool:
