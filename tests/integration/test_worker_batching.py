@@ -182,3 +182,33 @@ async def test_stopping_worker_takes_no_more_work_with_its_completions(
     assert after[0].status is Status.SUCCEEDED
     assert after[1].status is Status.ACTIVE and after[1].owner is None
     assert after[2].status is Status.QUEUED
+
+
+async def test_complete_and_claim_takes_older_unclaimed_first_then_what_it_admits(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("wb.cc", max_concurrent=3)
+    first = await qm.enqueue_many("wb.cc", list(range(6)))  # 3 active (unowned), 3 queued
+    mine = await qm.claim(["wb.cc"], 1)  # one taken; two admitted stay unclaimed
+    assert [e.id for e in mine] == [first[0].id]
+    completed, claimed = await qm.complete_and_claim([Outcome(mine[0].id)], ["wb.cc"], 3)
+    assert [e.status for e in completed] == [Status.SUCCEEDED]
+    # Older admitted ones first (seq 2, 3), then the one the freed slot admitted (seq 4).
+    assert [e.id for e in claimed] == [first[1].id, first[2].id, first[3].id]
+    assert all(e.status is Status.ACTIVE and e.owner == qm.executor_id for e in claimed)
+    assert [e.status for e in [await qm.get(e.id) for e in first[4:]]] == [Status.QUEUED] * 2
+
+
+async def test_complete_and_claim_leaves_other_actions_and_a_zero_limit_alone(
+    qm: QueueManager,
+) -> None:
+    await qm.set_policy("wb.other", max_concurrent=1)
+    running, waiting = await qm.enqueue_many("wb.other", ["a", "b"])
+    [taken] = await qm.claim(["wb.other"], 1)
+    completed, claimed = await qm.complete_and_claim([Outcome(taken.id)], ["wb.elsewhere"], 5)
+    assert claimed == [] and completed[0].status is Status.SUCCEEDED
+    after = await qm.get(waiting.id)
+    assert after.status is Status.ACTIVE and after.owner is None  # admitted, left for any worker
+    _, none = await qm.complete_and_claim([Outcome((await qm.claim(None, 1))[0].id)], None, 0)
+    assert none == []
+    assert running.id == taken.id
