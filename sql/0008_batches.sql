@@ -33,9 +33,12 @@
 -- admission order and counts are fifoq.admit's, unchanged.
 
 -- fifoq.admit with a claimer: the body of 0002's fifoq.admit (same locks,
--- same order, same gap check; see there), plus: up to p_claim_limit of the
--- admitted executions that nobody owns go to p_claimer in the same update,
--- without a work notification. Their ids come back in admission (seq) order.
+-- same order, the same gap check in a form that plans well; see there),
+-- plus: up to p_claim_limit of the admitted executions that nobody owns go
+-- to p_claimer in the same update, and the workers' notification is sent
+-- once, only if some admitted execution is left for them. Their ids come
+-- back in admission (seq) order. fifoq.admit becomes a wrapper of it (no
+-- claimer), so every admission uses this body.
 CREATE FUNCTION fifoq.admit_to(
     p_queue_id    integer,
     p_claimer     bigint,
