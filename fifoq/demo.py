@@ -201,6 +201,12 @@ class _Scenario:
             str(self.options.concurrency),
             "--grace",
             "5",
+            # Every freed slot is offered to all the workers, which then race
+            # for it: the race is what the demo's check is about. (By default
+            # a worker whose handler was quick keeps the slot, and with short
+            # handlers one worker may run a whole queue.)
+            "--keep-slot-under",
+            "0",
             "--log-level",
             "warning",
         ]
@@ -225,7 +231,8 @@ class _Scenario:
         self.out.print(
             f"started {len(self.procs)} worker processes "
             f"(pids {', '.join(map(str, self.run.worker_pids))}): "
-            f"fifoq worker fifoq.demo:app --concurrency {self.options.concurrency}"
+            f"fifoq worker fifoq.demo:app --concurrency {self.options.concurrency} "
+            "--keep-slot-under 0"
         )
 
     async def _stop_workers(self) -> None:
