@@ -246,44 +246,45 @@ class _GroupRun:
     server_cpu: float | None  # seconds, all server processes (embedded server only)
 
 
-async def _run_group(specs: list[WorkerSpec], server_pid: int | None = None) -> _GroupRun:
-    async with WorkerGroup(specs) as group:
-        await group.ready()
-        before = process_tree_cpu(server_pid) if server_pid else None
-        group.go()
-        results = await group.results()
-        after = process_tree_cpu(server_pid) if server_pid else None
-    return _GroupRun(
-        results=results,
-        client_cpu=sum(float(r.get("cpu_seconds", 0.0)) for r in results),
-        server_cpu=after - before if after is not None and before is not None else None,
-    )
-
-
-async def _run_until_finished(
-    specs: list[WorkerSpec], dsn: str, total: int, server_pid: int | None = None
+async def _run_group(
+    specs: list[WorkerSpec],
+    server_pid: int | None = None,
+    *,
+    until_finished: tuple[str, int] | None = None,
 ) -> _GroupRun:
-    """Run processes that go on until told to stop; stop them once ``total`` executions finished."""
+    """Start the processes, release them together, collect their figures.
+
+    With ``until_finished=(dsn, total)`` the processes go on until told to
+    stop (producers, workers): they are stopped once ``total`` executions
+    have ended in that database.
+    """
     async with WorkerGroup(specs) as group:
         await group.ready()
         before = process_tree_cpu(server_pid) if server_pid else None
         group.go()
-        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-            while True:
-                cur = await conn.execute(query("finished_count"), {})
-                row = await cur.fetchone()
-                if row is not None and int(row[0]) >= total:
-                    break
-                group.check_alive()
-                await asyncio.sleep(FINISHED_POLL_SECONDS)
+        if until_finished is not None:
+            await _wait_finished(group, *until_finished)
         after = process_tree_cpu(server_pid) if server_pid else None
-        group.stop()
+        if until_finished is not None:
+            group.stop()
         results = await group.results()
     return _GroupRun(
         results=results,
         client_cpu=sum(float(r.get("cpu_seconds", 0.0)) for r in results),
         server_cpu=after - before if after is not None and before is not None else None,
     )
+
+
+async def _wait_finished(group: WorkerGroup, dsn: str, total: int) -> None:
+    """Poll the queue counters until ``total`` executions ended; fail if a process dies."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        while True:
+            cur = await conn.execute(query("finished_count"), {})
+            row = await cur.fetchone()
+            if row is not None and int(row[0]) >= total:
+                return
+            group.check_alive()
+            await asyncio.sleep(FINISHED_POLL_SECONDS)
 
 
 # -- throughput -------------------------------------------------------------------
@@ -409,7 +410,7 @@ async def run_throughput(
                     for _ in range(processes)
                 ),
             ]
-            run_ = await _run_until_finished(specs, dsn, total, server.server_pid)
+            run_ = await _run_group(specs, server.server_pid, until_finished=(dsn, total))
             batched.rates.append(_window_rate(dsn, "throughput_window", total))
             batched.client_cpu_us.append(run_.client_cpu / total * 1e6)
             if run_.server_cpu is not None:

@@ -43,8 +43,10 @@ def test_quick_bench_runs_end_to_end(admin_dsn: str, tmp_path: Path) -> None:
     assert figures["failure"] is None
     assert figures["machine"]["cores"] >= 1
     assert figures["machine"]["server_version"].startswith("PostgreSQL")
-    labels = {t["label"] for t in figures["throughput"]}
-    assert labels == {"100 x limit 5", "400 x limit 10", "10 actions x 20 x limit 2"}
+    runs = {(t["label"], t["api"]) for t in figures["throughput"]}
+    labels = {"100 x limit 5", "400 x limit 10", "10 actions x 20 x limit 2"}
+    # Each workload both ways: a call per execution, and batches with workers.
+    assert runs == {(label, api) for label in labels for api in ("per call", "batched")}
     for t in figures["throughput"]:
         assert t["processes"] == 2
         assert t["median"] > 0 and t["ceiling_median"] > 0 and t["ratio"] > 0
