@@ -388,9 +388,11 @@ class QueueManager:
                 )
             )
             errors.append(check_error_text(item.error))
-        if len(set(ids)) != len(ids):
-            again = next(i for i in ids if ids.count(i) > 1)
-            raise InvalidInput(f"execution {again} appears more than once in the batch")
+        seen: set[int] = set()
+        for execution_id in ids:
+            if execution_id in seen:
+                raise InvalidInput(f"execution {execution_id} appears more than once in the batch")
+            seen.add(execution_id)
         if not items:
             return [], []
         rows = await self._execute(
