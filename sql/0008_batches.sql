@@ -302,6 +302,7 @@ DECLARE
     v_admit    record;
     v_bad      bigint;
     v_queue_id integer;
+    v_queue_ids integer[];
     v_queue    record;
     v_status   fifoq.execution_status;
 BEGIN
@@ -326,9 +327,9 @@ BEGIN
 
     -- Every queue of the batch, locked in ascending id order (a queue id
     -- never changes, so reading it before the lock is safe).
-    FOR v_queue_id IN
-        SELECT DISTINCT e.queue_id FROM fifoq.executions e WHERE e.id = ANY (p_ids) ORDER BY 1
-    LOOP
+    SELECT array_agg(DISTINCT e.queue_id ORDER BY e.queue_id) INTO v_queue_ids
+    FROM fifoq.executions e WHERE e.id = ANY (p_ids);
+    FOREACH v_queue_id IN ARRAY v_queue_ids LOOP
         PERFORM fifoq.lock_queue(v_queue_id);
     END LOOP;
 
@@ -379,7 +380,7 @@ BEGIN
     -- with p_claimer, to the claimer where nobody waits on them.
     FOR v_queue IN
         SELECT q.id, q.action, q.queued_count FROM fifoq.queues q
-        WHERE q.id IN (SELECT DISTINCT e.queue_id FROM fifoq.executions e WHERE e.id = ANY (p_ids))
+        WHERE q.id = ANY (v_queue_ids)
         ORDER BY q.id
     LOOP
         IF p_claimer IS NOT NULL AND (p_claim_actions IS NULL OR v_queue.action = ANY (p_claim_actions))
