@@ -129,77 +129,97 @@ CREATE FUNCTION fifoq.admit_to(p_queue_id integer, p_claimer bigint, p_claim_lim
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_queue    fifoq.queues;
-    v_policy   fifoq.policies;
-    v_free     integer;
-    v_prev_seq bigint;
-    v_at       timestamptz;
-    v_owner    bigint;
-    v_notify   boolean := false;
-    r          record;
+    v_action    text;
+    v_queued    integer;
+    v_free      integer;
+    v_ids       bigint[];
+    v_seqs      bigint[];
+    v_owners    bigint[];
+    v_head      bigint[];
+    v_take      bigint[] := '{}';
+    v_at        timestamptz;
+    v_notify    boolean := false;
+    i           integer;
 BEGIN
     admitted := 0;
     claimed := '{}';
-    SELECT * INTO v_queue FROM fifoq.queues WHERE id = p_queue_id;
-    IF v_queue.queued_count = 0 THEN
-        RETURN;
-    END IF;
-    v_policy := fifoq.policy_for(v_queue.action);
-    v_free := v_policy.max_concurrent - v_queue.active_count;  -- NULL: unlimited
-    IF v_free <= 0 THEN
+    -- The free slots, with the limit in force found as the stats view finds
+    -- it (joins, not a plpgsql call).
+    SELECT q.action, q.queued_count,
+           coalesce(own.max_concurrent, pack.max_concurrent, dflt.max_concurrent) - q.active_count
+    INTO v_action, v_queued, v_free
+    FROM fifoq.queues q
+    LEFT JOIN fifoq.policies own ON own.action = q.action
+    LEFT JOIN fifoq.policies pack ON pack.action = split_part(q.action, '.', 1) || '.*'
+    LEFT JOIN fifoq.policies dflt ON dflt.action = '*'
+    WHERE q.id = p_queue_id;
+    IF v_queued = 0 OR v_free <= 0 THEN   -- v_free NULL: unlimited
         RETURN;
     END IF;
 
-    FOR r IN
-        SELECT e.id, e.seq, e.owner
-        FROM fifoq.executions e
-        WHERE e.queue_id = p_queue_id AND e.status = 'queued'
-        ORDER BY e.seq
-        LIMIT v_free               -- LIMIT NULL is LIMIT ALL
-        FOR UPDATE SKIP LOCKED
-    LOOP
-        -- Gap check (see 0002): a waiting row between the previous one and
-        -- this one that SKIP LOCKED passed over, i.e. this row is not the
-        -- first waiting one after the previous (it is waiting itself, so
-        -- the subquery finds at least it). Written as ORDER BY seq LIMIT 1,
-        -- which every plan serves from executions_queue_head; 0002's EXISTS
-        -- with "prev IS NULL OR seq > prev" was planned, with statistics
-        -- taken while thousands waited, as a scan of the table (2.5 ms).
-        IF r.seq <> (
-            SELECT g.seq FROM fifoq.executions g
-            WHERE g.queue_id = p_queue_id AND g.status = 'queued'
-              AND g.seq > coalesce(v_prev_seq, -9223372036854775808)
-            ORDER BY g.seq
-            LIMIT 1
-        ) THEN
-            EXIT;
+    -- The first v_free waiting executions that nobody else holds a row lock
+    -- on (FOR UPDATE SKIP LOCKED over executions_queue_head, in seq order:
+    -- under the queue lock no fifoq session holds one, but an operator's
+    -- SELECT ... FOR UPDATE may).
+    SELECT array_agg(h.id ORDER BY h.seq), array_agg(h.seq ORDER BY h.seq), array_agg(h.owner ORDER BY h.seq)
+    INTO v_ids, v_seqs, v_owners
+    FROM (SELECT e.id, e.seq, e.owner FROM fifoq.executions e
+          WHERE e.queue_id = p_queue_id AND e.status = 'queued'
+          ORDER BY e.seq
+          LIMIT v_free                     -- LIMIT NULL is LIMIT ALL
+          FOR UPDATE SKIP LOCKED) AS h;
+    IF v_ids IS NULL THEN
+        RETURN;
+    END IF;
+    -- Gap rule (0002's, as one prefix test): admission stops before the
+    -- first waiting execution that SKIP LOCKED passed over, rather than
+    -- start a later one first; the next completion or maintenance pass
+    -- retries. v_head is the line as it stands, locked rows included.
+    SELECT array_agg(g.seq ORDER BY g.seq) INTO v_head
+    FROM (SELECT e.seq FROM fifoq.executions e
+          WHERE e.queue_id = p_queue_id AND e.status = 'queued'
+          ORDER BY e.seq
+          LIMIT cardinality(v_ids)) AS g;
+    -- Which to admit, and which of those go to p_claimer: up to
+    -- p_claim_limit that nobody owns, in seq order. Array work only.
+    FOR i IN 1 .. cardinality(v_ids) LOOP
+        EXIT WHEN v_seqs[i] <> v_head[i];
+        v_take := v_take || v_ids[i];
+        IF v_owners[i] IS NULL THEN
+            IF p_claimer IS NOT NULL AND cardinality(claimed) < p_claim_limit THEN
+                claimed := claimed || v_ids[i];
+            ELSE
+                v_notify := true;  -- nobody waits on it: wake the workers of this action
+            END IF;
         END IF;
-        v_owner := r.owner;
-        IF v_owner IS NULL AND p_claimer IS NOT NULL AND cardinality(claimed) < p_claim_limit THEN
-            v_owner := p_claimer;
-            claimed := claimed || r.id;
-        END IF;
-        UPDATE fifoq.executions
-        SET status = 'active', started_at = clock_timestamp(), deadline = NULL, owner = v_owner
-        WHERE id = r.id
-        RETURNING started_at INTO v_at;
-        IF r.owner IS NOT NULL THEN
-            PERFORM fifoq.notify_owner(r.owner, r.id, 'active', v_at);
-        ELSIF v_owner IS NULL THEN
-            v_notify := true;  -- nobody waits on it: wake the workers of this action
-        END IF;
-        v_prev_seq := r.seq;
-        admitted := admitted + 1;
     END LOOP;
-
-    IF admitted > 0 THEN
-        UPDATE fifoq.queues
-        SET queued_count = queued_count - admitted,
-            active_count = active_count + admitted
-        WHERE id = p_queue_id;
+    admitted := cardinality(v_take);
+    IF admitted = 0 THEN
+        RETURN;
     END IF;
+
+    -- One update for all of them, found by primary key (= ANY plans as an
+    -- index scan however long the history; a join with an unnested array
+    -- can be planned as a scan of the table). One start time, taken under
+    -- the queue lock, so started_at still never decreases as seq grows.
+    v_at := clock_timestamp();
+    UPDATE fifoq.executions e
+    SET status = 'active', started_at = v_at, deadline = NULL,
+        owner = CASE WHEN e.id = ANY (claimed) THEN p_claimer ELSE e.owner END
+    WHERE e.id = ANY (v_take);
+    UPDATE fifoq.queues
+    SET queued_count = queued_count - admitted,
+        active_count = active_count + admitted
+    WHERE id = p_queue_id;
+
+    -- The waiters of the admitted executions they own hear of it.
+    FOR i IN 1 .. admitted LOOP
+        IF v_owners[i] IS NOT NULL THEN
+            PERFORM fifoq.notify_owner(v_owners[i], v_ids[i], 'active', v_at);
+        END IF;
+    END LOOP;
     IF v_notify THEN
-        PERFORM pg_notify('fifoq_work', v_queue.action);
+        PERFORM pg_notify('fifoq_work', v_action);
     END IF;
 END
 $$;
@@ -654,15 +674,18 @@ CREATE FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors 
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_n        integer := coalesce(cardinality(p_ids), 0);
-    v_claimed  bigint[] := '{}';
-    v_older    bigint[];
-    v_admit    record;
-    v_bad      bigint;
-    v_queue_id integer;
+    v_n         integer := coalesce(cardinality(p_ids), 0);
+    v_claimed   bigint[] := '{}';
+    v_older     bigint[];
+    v_admit     record;
+    v_bad       bigint;
+    v_unique    boolean;
+    v_found     integer;
+    v_done_ids  bigint[];
+    v_queue_id  integer;
     v_queue_ids integer[];
-    v_queue    record;
-    v_status   fifoq.execution_status;
+    v_queue     record;
+    v_status    fifoq.execution_status;
 BEGIN
     IF v_n = 0 THEN
         RETURN;
@@ -672,39 +695,38 @@ BEGIN
             MESSAGE = format('complete_many needs one result and one error per execution: %s ids, %s results, %s errors',
                              v_n, coalesce(cardinality(p_results), 0), coalesce(cardinality(p_errors), 0));
     END IF;
-    SELECT i INTO v_bad FROM unnest(p_ids) AS i GROUP BY i HAVING count(*) > 1 OR i IS NULL LIMIT 1;
-    IF FOUND THEN
+
+    -- One look at the batch before any lock: ids all distinct and not NULL,
+    -- all known, and the queues they belong to (a queue id never changes,
+    -- so reading it before the lock is safe). Rows by primary key (= ANY).
+    -- The errors' details are looked up only when there is one.
+    SELECT (SELECT count(DISTINCT i) = v_n FROM unnest(p_ids) AS i),
+           count(*)::integer,
+           array_agg(DISTINCT e.queue_id ORDER BY e.queue_id)
+    INTO v_unique, v_found, v_queue_ids
+    FROM fifoq.executions e WHERE e.id = ANY (p_ids);
+    IF NOT v_unique THEN  -- count(DISTINCT) skips NULL, so a NULL id lands here too
+        SELECT i INTO v_bad FROM unnest(p_ids) AS i GROUP BY i HAVING count(*) > 1 OR i IS NULL LIMIT 1;
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
             MESSAGE = format('execution %s appears more than once in the batch', coalesce(v_bad::text, 'NULL'));
     END IF;
-    SELECT i INTO v_bad FROM unnest(p_ids) AS i
-    WHERE NOT EXISTS (SELECT 1 FROM fifoq.executions e WHERE e.id = i) LIMIT 1;
-    IF FOUND THEN
+    IF v_found < v_n THEN
+        SELECT i INTO v_bad FROM unnest(p_ids) AS i
+        WHERE NOT EXISTS (SELECT 1 FROM fifoq.executions e WHERE e.id = i) LIMIT 1;
         RAISE EXCEPTION USING ERRCODE = 'FQ404', MESSAGE = format('unknown execution %s', v_bad);
     END IF;
 
-    -- Every queue of the batch, locked in ascending id order (a queue id
-    -- never changes, so reading it before the lock is safe).
-    SELECT array_agg(DISTINCT e.queue_id ORDER BY e.queue_id) INTO v_queue_ids
-    FROM fifoq.executions e WHERE e.id = ANY (p_ids);
+    -- Every queue of the batch, locked in ascending id order.
     FOREACH v_queue_id IN ARRAY v_queue_ids LOOP
         PERFORM fifoq.lock_queue(v_queue_id);
     END LOOP;
 
-    -- Under the locks, before anything changes: only active executions
-    -- complete, so a repeated completion never frees a second slot, and the
-    -- RAISE leaves the whole batch undone.
-    SELECT e.id, e.status INTO v_bad, v_status FROM fifoq.executions e
-    WHERE e.id = ANY (p_ids) AND e.status <> 'active'
-    ORDER BY e.id LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION USING ERRCODE = 'FQ409',
-            MESSAGE = format('cannot complete execution %s: it is %s, not active', v_bad, v_status);
-    END IF;
-
     -- The whole batch in one update, the counters of each queue in one more:
     -- exactly what fifoq.complete does per execution, set-based, so a batch
     -- over many queues costs no more per execution than one over a queue.
+    -- Only active executions complete (so a repeated completion never frees
+    -- a second slot): if any of the batch is not active, the RAISE below
+    -- undoes the whole statement, notifications included.
     WITH input AS (
         SELECT * FROM unnest(p_ids, p_results, p_errors) AS t(id, result, error)
     ), done AS (
@@ -726,13 +748,23 @@ BEGIN
                count(*) FILTER (WHERE t.status = 'failed')::integer AS failed
         FROM told t
         GROUP BY t.queue_id
+    ), counted AS (
+        UPDATE fifoq.queues q
+        SET active_count = q.active_count - c.n,
+            total_succeeded = q.total_succeeded + c.ok,
+            total_failed = q.total_failed + c.failed
+        FROM per_queue c
+        WHERE q.id = c.queue_id
     )
-    UPDATE fifoq.queues q
-    SET active_count = q.active_count - c.n,
-        total_succeeded = q.total_succeeded + c.ok,
-        total_failed = q.total_failed + c.failed
-    FROM per_queue c
-    WHERE q.id = c.queue_id;
+    -- (counted runs whether or not it is read: a data-modifying WITH always does)
+    SELECT coalesce(array_agg(d.id), '{}') INTO v_done_ids FROM done d;
+    IF cardinality(v_done_ids) < v_n THEN
+        SELECT e.id, e.status INTO v_bad, v_status FROM fifoq.executions e
+        WHERE e.id = ANY (p_ids) AND NOT e.id = ANY (v_done_ids)
+        ORDER BY e.id LIMIT 1;
+        RAISE EXCEPTION USING ERRCODE = 'FQ409',
+            MESSAGE = format('cannot complete execution %s: it is %s, not active', v_bad, v_status);
+    END IF;
 
     -- The freed slots go to each queue's head, in ascending queue order;
     -- with p_claimer, to the claimer where nobody waits on them.

@@ -186,9 +186,14 @@ def test_admission_uses_the_queue_head_index(setup: tuple[PlanCatcher, int]) -> 
         "the queue-head query of fifoq.admit",
     )
     _assert_uses(
-        _select(plans, "FROM fifoq.executions g WHERE g.queue_id = p_queue_id"),
+        _select(plans, "array_agg(g.seq ORDER BY g.seq)", "status = 'queued'"),
         "executions_queue_head",
         "the gap check of fifoq.admit",
+    )
+    _assert_uses(
+        _select(plans, "UPDATE fifoq.executions e", "WHERE e.id = ANY (v_take)"),
+        "executions_pkey",
+        "the update that starts the admitted executions",
     )
     _assert_uses(
         _select(plans, "SELECT queue_id", "WHERE id = p_id"),
