@@ -210,9 +210,13 @@ async def check_accounts(conn: psycopg.AsyncConnection[Any], dsn: str, run: Run)
     late: list[str] = []
     slowest = {"executor": 0.0, "worker": 0.0}
     for kind, pid, killed_at in run.kills:
+        # The killed process's executor is the newest one of its pid that
+        # started before the kill: pids are reused (pid_max can be 32768),
+        # so an older executor with the same pid may be another process's
+        # that closed normally.
         cur = await conn.execute(
             "SELECT id, ended_at, end_reason FROM fifoq.executors"
-            " WHERE pid = %s AND started_at < %s",
+            " WHERE pid = %s AND started_at < %s ORDER BY started_at DESC LIMIT 1",
             (pid, killed_at),
         )
         lease = CHILD_LEASE if kind == "executor" else WORKER_LEASE
