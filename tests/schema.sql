@@ -59,6 +59,7 @@ COMMENT ON TYPE fifoq.execution_status IS 'Lifecycle of an execution: queued -> 
 
 CREATE FUNCTION fifoq.abandon_owned(p_executor bigint) RETURNS integer
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_queue_id integer;
@@ -127,6 +128,7 @@ COMMENT ON FUNCTION fifoq.admit(p_queue_id integer) IS 'Admits the head of a que
 
 CREATE FUNCTION fifoq.admit_to(p_queue_id integer, p_claimer bigint, p_claim_limit integer, OUT admitted integer, OUT claimed bigint[]) RETURNS record
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_action    text;
@@ -280,6 +282,7 @@ COMMENT ON FUNCTION fifoq.attach_executor(p_executor bigint) IS 'Binds the calli
 
 CREATE FUNCTION fifoq.cancel(p_id bigint) RETURNS boolean
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_row fifoq.executions;
@@ -528,6 +531,7 @@ COMMENT ON VIEW fifoq.execution_details IS 'Executions with their action and gro
 
 CREATE FUNCTION fifoq.claim(p_executor bigint, p_actions text[], p_limit integer) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_queue record;
@@ -598,6 +602,7 @@ COMMENT ON FUNCTION fifoq.claim_deferred(p_executor bigint, p_actions text[], p_
 
 CREATE FUNCTION fifoq.complete(p_id bigint, p_result jsonb DEFAULT NULL::jsonb, p_error text DEFAULT NULL::text) RETURNS fifoq.execution_details
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_queue_id integer;
@@ -672,6 +677,7 @@ COMMENT ON FUNCTION fifoq.complete_deferred(p_id bigint, p_result jsonb, p_error
 
 CREATE FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint DEFAULT NULL::bigint, p_claim_actions text[] DEFAULT NULL::text[], p_claim_limit integer DEFAULT 0) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_n         integer := coalesce(cardinality(p_ids), 0);
@@ -887,6 +893,7 @@ COMMENT ON FUNCTION fifoq.details(e fifoq.executions, action text, "group" text)
 
 CREATE FUNCTION fifoq.enqueue(p_action text, p_payload jsonb DEFAULT NULL::jsonb, p_group text DEFAULT NULL::text, p_owner bigint DEFAULT NULL::bigint) RETURNS fifoq.execution_details
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_policy   fifoq.policies;
@@ -1004,6 +1011,7 @@ COMMENT ON FUNCTION fifoq.enqueue_deferred(p_action text, p_payload jsonb, p_gro
 
 CREATE FUNCTION fifoq.enqueue_many(p_action text, p_payloads jsonb[], p_group text DEFAULT NULL::text, p_owner bigint DEFAULT NULL::bigint) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_policy  fifoq.policies;
@@ -1276,6 +1284,7 @@ COMMENT ON FUNCTION fifoq.group_key(group_by text[], payload jsonb) IS 'Group of
 
 CREATE FUNCTION fifoq.heartbeat(p_executor bigint, p_watching bigint[] DEFAULT '{}'::bigint[]) RETURNS TABLE(execution_id bigint, status fifoq.execution_status)
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 BEGIN
     UPDATE fifoq.executors SET heartbeat_at = clock_timestamp()
@@ -1306,6 +1315,7 @@ COMMENT ON FUNCTION fifoq.heartbeat(p_executor bigint, p_watching bigint[]) IS '
 
 CREATE FUNCTION fifoq.lock_execution(p_id bigint) RETURNS fifoq.executions
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_queue_id integer;
@@ -1353,6 +1363,7 @@ COMMENT ON FUNCTION fifoq.lock_queue(queue_id integer) IS 'Takes the queue''s ad
 
 CREATE FUNCTION fifoq.maintain() RETURNS jsonb
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_queue_id  integer;
@@ -1790,6 +1801,7 @@ COMMENT ON FUNCTION fifoq.set_policy(p_action text, p_max_concurrent integer, p_
 
 CREATE FUNCTION fifoq.time_out(p_id bigint) RETURNS fifoq.execution_details
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_row    fifoq.executions;
@@ -1886,6 +1898,7 @@ COMMENT ON FUNCTION fifoq.unregister_executor(p_executor bigint) IS 'Ends an exe
 
 CREATE FUNCTION fifoq.watch(p_id bigint, p_executor bigint) RETURNS fifoq.execution_details
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_row    fifoq.executions;

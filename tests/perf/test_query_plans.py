@@ -320,3 +320,57 @@ def test_enqueue_many_reads_no_executions(setup: tuple[PlanCatcher, int]) -> Non
     )
     scans = _executions_scans(plans)
     assert not scans, f"enqueue_many reads fifoq.executions: {scans}"
+
+
+def test_plans_cached_while_the_table_was_small_still_use_indexes(dsn: str) -> None:
+    """A session's cached plans do not keep reading the whole table as it grows.
+
+    plpgsql caches generic plans per session, made with the table's size at
+    the time. Planned on a young table, a look-up of a batch of ids is
+    cheapest as a sequential scan; that plan must not survive into a table
+    with history (autovacuum, whose statistics would replan, is off here so
+    the cached plans stay).
+    """
+    with psycopg.connect(dsn, autocommit=True) as setup_conn:
+        setup_conn.execute("ALTER TABLE fifoq.executions SET (autovacuum_enabled = off)")
+        setup_conn.execute("SELECT fifoq.set_policy('young.a', 2, 100000)")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        try:
+            conn.execute("LOAD 'auto_explain'")
+        except psycopg.Error as exc:
+            pytest.skip(f"auto_explain cannot be loaded here: {exc}")
+        for name, value in {
+            "auto_explain.log_min_duration": "0",
+            "auto_explain.log_nested_statements": "on",
+            "auto_explain.log_format": "json",
+            "client_min_messages": "log",
+        }.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        catcher = PlanCatcher(conn)
+
+        def cycle() -> list[dict[str, Any]]:
+            conn.execute(
+                "SELECT count(*) FROM fifoq.enqueue_many('young.a', ARRAY['{}', '{}']::jsonb[])"
+            )
+            plans: list[dict[str, Any]] = []
+            for _ in range(2):
+                active = conn.execute(
+                    "SELECT id FROM fifoq.executions WHERE status = 'active' ORDER BY id LIMIT 2"
+                ).fetchall()
+                plans += catcher.run(
+                    "SELECT * FROM fifoq.complete_many(%(ids)s::bigint[], '{NULL,NULL}',"
+                    " '{NULL,NULL}')",
+                    {"ids": [row[0] for row in active]},
+                )
+            return plans
+
+        for _ in range(ROUNDS + 2):  # generic plans are cached after five runs
+            cycle()
+        # History arrives; inserts do not invalidate cached plans.
+        conn.execute(
+            "INSERT INTO fifoq.executions (queue_id, seq, status, finished_at)"
+            " SELECT q.id, -s.n, 'succeeded', now() FROM fifoq.queues q,"
+            " generate_series(1, 20000) AS s(n)"
+        )
+        scans = [s for s in _executions_scans(cycle()) if s[1] is None]
+    assert not scans, f"cached plans read all of fifoq.executions: {scans}"
