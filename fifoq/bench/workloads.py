@@ -264,10 +264,14 @@ async def _run_group(
         group.go()
         if until_finished is not None:
             await _wait_finished(group, *until_finished)
-        after = process_tree_cpu(server_pid) if server_pid else None
-        if until_finished is not None:
+            after = process_tree_cpu(server_pid) if server_pid else None
             group.stop()
-        results = await group.results()
+            results = await group.results()
+        else:
+            # The processes end by themselves: the server's CPU is read
+            # once they have (reading it right after go() measured nothing).
+            results = await group.results()
+            after = process_tree_cpu(server_pid) if server_pid else None
     return _GroupRun(
         results=results,
         client_cpu=sum(float(r.get("cpu_seconds", 0.0)) for r in results),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,9 @@ from rich.console import Console
 
 from fifoq.bench import BenchOptions, BenchUsageError, Violation, check_database, run
 from fifoq.bench.server import redact
-from fifoq.bench.workloads import Distribution
+from fifoq.bench.queries import query
+from fifoq.bench.workers import WorkerSpec
+from fifoq.bench.workloads import Distribution, _run_group
 
 
 @pytest.mark.slow
@@ -178,3 +181,21 @@ def test_percentiles_are_nearest_rank() -> None:
     d = Distribution.of([i / 1000 for i in range(1, 101)])  # 1..100 ms
     assert (d.n, d.p50, d.p99, d.max) == (100, 50.0, 99.0, 100.0)
     assert Distribution.of([]).n == 0
+
+
+async def test_cpu_of_processes_that_end_by_themselves_is_counted(dsn: str) -> None:
+    """The server's CPU of a run is read after its processes have ended.
+
+    Here the "server" is this test's own process tree, which holds the
+    group's processes: their CPU must be in it (read right after they were
+    released, it was next to nothing).
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(query("ceiling_table"), {})
+    run_ = await _run_group(
+        [WorkerSpec("ceiling", dsn, connections=1, total=300) for _ in range(2)],
+        os.getpid(),
+    )
+    assert run_.server_cpu is not None
+    assert run_.client_cpu > 0
+    assert run_.server_cpu >= run_.client_cpu, (run_.server_cpu, run_.client_cpu)
