@@ -15,8 +15,8 @@ import pytest
 from rich.console import Console
 
 from fifoq.bench import BenchOptions, BenchUsageError, Violation, check_database, run
-from fifoq.bench.server import redact
 from fifoq.bench.queries import query
+from fifoq.bench.server import redact
 from fifoq.bench.workers import WorkerSpec
 from fifoq.bench.workloads import Distribution, _run_group
 
