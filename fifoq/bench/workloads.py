@@ -113,6 +113,9 @@ class Throughput:
     ceiling_server_cpu_us: list[float] = field(default_factory=list)
     # One queue only: transactions/s through one lock (unflushed commit, then a flush), per run.
     lock_rates: list[float] = field(default_factory=list)
+    # Batched only: executions each worker process ran, per run (how the
+    # queues' work spread over the workers).
+    worker_completed: list[list[int]] = field(default_factory=list)
 
     @property
     def executions(self) -> int:
@@ -417,6 +420,7 @@ async def run_throughput(
             run_ = await _run_group(specs, server.server_pid, until_finished=(dsn, total))
             batched.rates.append(_window_rate(dsn, "throughput_window", total))
             batched.client_cpu_us.append(run_.client_cpu / total * 1e6)
+            batched.worker_completed.append([int(r["completed"]) for r in run_.results[1:]])
             if run_.server_cpu is not None:
                 batched.server_cpu_us.append(run_.server_cpu / total * 1e6)
             _verify(dsn, f"{workload} batched ({what})", expected_succeeded=total)
