@@ -88,18 +88,23 @@ def setup(dsn: str) -> Iterator[tuple[PlanCatcher, int]]:
     """A database with history and live executions, and a plan-catching connection."""
     executor = _set_up(dsn)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except psycopg.Error as exc:
-            pytest.skip(f"auto_explain cannot be loaded here: {exc}")
-        for name, value in {
-            "auto_explain.log_min_duration": "0",
-            "auto_explain.log_nested_statements": "on",
-            "auto_explain.log_format": "json",
-            "client_min_messages": "log",
-        }.items():
-            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-        yield PlanCatcher(conn), executor
+        yield _catching(conn), executor
+
+
+def _catching(conn: psycopg.Connection[Any]) -> PlanCatcher:
+    """Have auto_explain report every plan on ``conn`` (skips the test where it cannot)."""
+    try:
+        conn.execute("LOAD 'auto_explain'")
+    except psycopg.Error as exc:
+        pytest.skip(f"auto_explain cannot be loaded here: {exc}")
+    for name, value in {
+        "auto_explain.log_min_duration": "0",
+        "auto_explain.log_nested_statements": "on",
+        "auto_explain.log_format": "json",
+        "client_min_messages": "log",
+    }.items():
+        conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+    return PlanCatcher(conn)
 
 
 def _normal(text: str) -> str:
@@ -335,18 +340,7 @@ def test_plans_cached_while_the_table_was_small_still_use_indexes(dsn: str) -> N
         setup_conn.execute("ALTER TABLE fifoq.executions SET (autovacuum_enabled = off)")
         setup_conn.execute("SELECT fifoq.set_policy('young.a', 2, 100000)")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        try:
-            conn.execute("LOAD 'auto_explain'")
-        except psycopg.Error as exc:
-            pytest.skip(f"auto_explain cannot be loaded here: {exc}")
-        for name, value in {
-            "auto_explain.log_min_duration": "0",
-            "auto_explain.log_nested_statements": "on",
-            "auto_explain.log_format": "json",
-            "client_min_messages": "log",
-        }.items():
-            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
-        catcher = PlanCatcher(conn)
+        catcher = _catching(conn)
 
         def cycle() -> list[dict[str, Any]]:
             conn.execute(
