@@ -128,12 +128,12 @@ COMMENT ON FUNCTION fifoq.admit(p_queue_id integer) IS 'Admits the head of a que
 
 CREATE FUNCTION fifoq.admit_to(p_queue_id integer, p_claimer bigint, p_claim_limit integer, OUT admitted integer, OUT claimed bigint[]) RETURNS record
     LANGUAGE plpgsql
-    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_action    text;
     v_queued    integer;
     v_free      integer;
+    v_after     bigint;
     v_ids       bigint[];
     v_seqs      bigint[];
     v_owners    bigint[];
@@ -148,8 +148,9 @@ BEGIN
     -- The free slots, with the limit in force found as the stats view finds
     -- it (joins, not a plpgsql call).
     SELECT q.action, q.queued_count,
-           coalesce(own.max_concurrent, pack.max_concurrent, dflt.max_concurrent) - q.active_count
-    INTO v_action, v_queued, v_free
+           coalesce(own.max_concurrent, pack.max_concurrent, dflt.max_concurrent) - q.active_count,
+           q.admitted_seq
+    INTO v_action, v_queued, v_free, v_after
     FROM fifoq.queues q
     LEFT JOIN fifoq.policies own ON own.action = q.action
     LEFT JOIN fifoq.policies pack ON pack.action = split_part(q.action, '.', 1) || '.*'
@@ -162,11 +163,12 @@ BEGIN
     -- The first v_free waiting executions that nobody else holds a row lock
     -- on (FOR UPDATE SKIP LOCKED over executions_queue_head, in seq order:
     -- under the queue lock no fifoq session holds one, but an operator's
-    -- SELECT ... FOR UPDATE may).
+    -- SELECT ... FOR UPDATE may). The scan starts after admitted_seq, past
+    -- the index entries of earlier admissions that vacuum has not removed.
     SELECT array_agg(h.id ORDER BY h.seq), array_agg(h.seq ORDER BY h.seq), array_agg(h.owner ORDER BY h.seq)
     INTO v_ids, v_seqs, v_owners
     FROM (SELECT e.id, e.seq, e.owner FROM fifoq.executions e
-          WHERE e.queue_id = p_queue_id AND e.status = 'queued'
+          WHERE e.queue_id = p_queue_id AND e.status = 'queued' AND e.seq > v_after
           ORDER BY e.seq
           LIMIT v_free                     -- LIMIT NULL is LIMIT ALL
           FOR UPDATE SKIP LOCKED) AS h;
@@ -179,7 +181,7 @@ BEGIN
     -- retries. v_head is the line as it stands, locked rows included.
     SELECT array_agg(g.seq ORDER BY g.seq) INTO v_head
     FROM (SELECT e.seq FROM fifoq.executions e
-          WHERE e.queue_id = p_queue_id AND e.status = 'queued'
+          WHERE e.queue_id = p_queue_id AND e.status = 'queued' AND e.seq > v_after
           ORDER BY e.seq
           LIMIT cardinality(v_ids)) AS g;
     -- Which to admit, and which of those go to p_claimer: up to
@@ -209,9 +211,12 @@ BEGIN
     SET status = 'active', started_at = v_at, deadline = NULL,
         owner = CASE WHEN e.id = ANY (claimed) THEN p_claimer ELSE e.owner END
     WHERE e.id = ANY (v_take);
+    -- The admitted are the line's first `admitted` rows (the gap rule), so
+    -- every execution up to the last of them has left it.
     UPDATE fifoq.queues
     SET queued_count = queued_count - admitted,
-        active_count = active_count + admitted
+        active_count = active_count + admitted,
+        admitted_seq = v_seqs[admitted]
     WHERE id = p_queue_id;
 
     -- The waiters of the admitted executions they own hear of it.
@@ -452,6 +457,7 @@ CREATE TABLE fifoq.queues (
     total_timed_out bigint DEFAULT 0 NOT NULL,
     total_abandoned bigint DEFAULT 0 NOT NULL,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    admitted_seq bigint DEFAULT 0 NOT NULL,
     CONSTRAINT queues_action_valid CHECK (fifoq.valid_name(action)),
     CONSTRAINT queues_active_count_not_negative CHECK ((active_count >= 0)),
     CONSTRAINT queues_group_valid CHECK (((group_key = ''::text) OR fifoq.valid_name(group_key))),
@@ -493,6 +499,13 @@ COMMENT ON COLUMN fifoq.queues.queued_count IS 'Executions waiting (status queue
 --
 
 COMMENT ON COLUMN fifoq.queues.active_count IS 'Executions holding a slot (status active).';
+
+
+--
+-- Name: COLUMN queues.admitted_seq; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.admitted_seq IS 'Every execution of this queue with seq <= admitted_seq has left the line (admission takes the line''s first); scans of the line start after it.';
 
 
 --
@@ -678,6 +691,7 @@ COMMENT ON FUNCTION fifoq.complete_deferred(p_id bigint, p_result jsonb, p_error
 CREATE FUNCTION fifoq.complete_many(p_ids bigint[], p_results jsonb[], p_errors text[], p_claimer bigint DEFAULT NULL::bigint, p_claim_actions text[] DEFAULT NULL::text[], p_claim_limit integer DEFAULT 0) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
     SET enable_seqscan TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_n         integer := coalesce(cardinality(p_ids), 0);
@@ -2064,7 +2078,7 @@ CREATE VIEW fifoq.queue_stats_live AS
     COALESCE(own.max_concurrent, pack.max_concurrent, dflt.max_concurrent) AS max_concurrent,
     ( SELECT e.enqueued_at
            FROM fifoq.executions e
-          WHERE ((e.queue_id = q.id) AND (e.status = 'queued'::fifoq.execution_status))
+          WHERE ((e.queue_id = q.id) AND (e.status = 'queued'::fifoq.execution_status) AND (e.seq > q.admitted_seq))
           ORDER BY e.seq
          LIMIT 1) AS oldest_enqueued_at,
     q.total_enqueued,

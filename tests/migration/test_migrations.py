@@ -165,3 +165,51 @@ def test_migrated_schema_matches_the_committed_dump(empty_dsn: str, pg_dump: str
             "the migrated schema differs from tests/schema.sql; if the change is meant, run "
             f"`make schema-dump` and commit the result:\n{diff[:6000]}"
         )
+
+
+def _migrate_through(dsn: str, last: str) -> None:
+    """Apply the migrations up to and including ``last`` (an older schema to upgrade from)."""
+    from yoyo import read_migrations  # type: ignore[import-untyped]
+
+    from fifoq.migrations import _backend, _prepare_schema
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _prepare_schema(conn)
+    backend = _backend(dsn)
+    try:
+        migrations = read_migrations(str(migrations_dir()))
+        wanted = migrations.filter(lambda m: m.id <= last)
+        with backend.lock():
+            backend.apply_migrations(backend.to_apply(wanted))
+    finally:
+        backend.connection.close()
+
+
+def test_upgrade_to_0012_starts_each_line_at_its_first_waiter(empty_dsn: str) -> None:
+    """Queues that existed before 0012 get admitted_seq just below their first waiter.
+
+    One queue has an active execution, a cancelled waiter (seq 2) and two
+    waiting behind it (3, 4); another has nobody waiting. Admission after
+    the upgrade still starts the first waiter.
+    """
+    _migrate_through(empty_dsn, "0011_index_plans")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("SELECT fifoq.set_policy('up.a', 1, 100)")
+        ids = [r[0] for r in conn.execute("SELECT id FROM fifoq.enqueue_many('up.a', '{1,2,3,4}')")]
+        conn.execute("SELECT fifoq.cancel(%s)", (ids[1],))
+        conn.execute("SELECT count(*) FROM fifoq.enqueue_many('up.idle', '{1,2}')")
+        conn.execute(
+            "SELECT fifoq.complete(id, NULL, NULL) FROM fifoq.execution_details"
+            " WHERE action = 'up.idle'"
+        )
+    fifoq.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        bounds = dict(conn.execute("SELECT action, admitted_seq FROM fifoq.queues").fetchall())
+        assert bounds == {"up.a": 2, "up.idle": 2}
+        conn.execute("SELECT fifoq.complete(%s, NULL, NULL)", (ids[0],))
+        active = conn.execute(
+            "SELECT seq FROM fifoq.execution_details WHERE action = 'up.a' AND status = 'active'"
+        ).fetchall()
+        assert active == [(3,)]
+        row = conn.execute("SELECT admitted_seq FROM fifoq.queues WHERE action = 'up.a'").fetchone()
+        assert row == (3,)

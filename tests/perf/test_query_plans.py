@@ -399,3 +399,61 @@ def test_stats_find_the_limits_without_a_policy_scan_per_queue(
         if s["Actual Loops"] > 1 and s["Node Type"] not in ("Index Scan", "Index Only Scan")
     ]
     assert not repeated, f"fifoq.policies is scanned once per queue: {repeated}"
+
+
+def _head_scan_buffers(catcher: PlanCatcher, action: str) -> int:
+    """Buffers the queue-head query of the admission that one completion triggers reads."""
+    row = catcher.conn.execute(
+        "SELECT array_agg(id) FROM fifoq.execution_details WHERE action = %s AND status = 'active'",
+        (action,),
+    ).fetchone()
+    assert row is not None and row[0], f"no active execution of {action} to complete"
+    plans = _select(
+        catcher.run("SELECT count(*) FROM fifoq.complete(%(id)s, NULL, NULL)", {"id": row[0][0]}),
+        "status = 'queued'",
+        "FOR UPDATE SKIP LOCKED",
+    )
+    assert len(plans) == 1, f"expected one queue-head scan, saw {len(plans)}"
+    top = plans[0]["Plan"]
+    return int(top["Shared Hit Blocks"]) + int(top["Shared Read Blocks"])
+
+
+def test_admission_reads_the_line_from_its_start_not_past_admissions(dsn: str) -> None:
+    """The queue-head scan costs the same after thousands of admissions as before them.
+
+    Every admitted execution leaves a dead entry at the head of
+    executions_queue_head until vacuum (off here, as it is for long on a
+    table with millions of rows, where its threshold is a fraction of
+    them). Scanned from the queue's first seq, admission walked through all
+    of them: 13 buffers at the start, 167 after 40,000 admissions.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("ALTER TABLE fifoq.executions SET (autovacuum_enabled = off)")
+        conn.execute("SELECT fifoq.set_policy('line.a', 10, 100000)")
+        conn.execute(
+            "SELECT count(*)"
+            " FROM fifoq.enqueue_many('line.a', array_fill(NULL::jsonb, ARRAY[8000]))"
+        )
+        catcher = _catching(conn)
+        for name, value in {
+            "auto_explain.log_analyze": "on",
+            "auto_explain.log_buffers": "on",
+        }.items():
+            conn.execute("SELECT set_config(%s, %s, false)", (name, value))
+        before = _head_scan_buffers(catcher, "line.a")
+
+        # 6,000 admissions, ten per statement, with no plans reported.
+        conn.execute("SELECT set_config('auto_explain.log_min_duration', '-1', false)")
+        for _ in range(600):
+            conn.execute(
+                "SELECT count(*) FROM fifoq.complete_many("
+                " (SELECT array_agg(id) FROM fifoq.execution_details"
+                "  WHERE action = 'line.a' AND status = 'active'),"
+                " array_fill(NULL::jsonb, ARRAY[10]), array_fill(NULL::text, ARRAY[10]))"
+            )
+        conn.execute("SELECT set_config('auto_explain.log_min_duration', '0', false)")
+        after = _head_scan_buffers(catcher, "line.a")
+    assert after <= before + 2, (
+        f"the queue-head scan read {before} buffers before 6,000 admissions and {after} after: "
+        "it walks past the admitted executions' index entries"
+    )
