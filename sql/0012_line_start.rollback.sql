@@ -107,7 +107,8 @@ BEGIN
     END IF;
 END
 $$;
--- The comment of fifoq.admit_to is kept by CREATE OR REPLACE.
+-- The comment of fifoq.admit_to is kept by CREATE OR REPLACE; its setting from 0011 is not.
+ALTER FUNCTION fifoq.admit_to(integer, bigint, integer) SET enable_seqscan = off;
 
 CREATE OR REPLACE VIEW fifoq.queue_stats_live AS
 SELECT q.action,

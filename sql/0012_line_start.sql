@@ -47,6 +47,7 @@ CREATE OR REPLACE FUNCTION fifoq.admit_to(
     OUT claimed   bigint[]
 )
 LANGUAGE plpgsql VOLATILE
+SET enable_seqscan = off   -- 0011's setting: CREATE OR REPLACE would drop it otherwise
 AS $$
 DECLARE
     v_action    text;

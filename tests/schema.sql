@@ -128,6 +128,7 @@ COMMENT ON FUNCTION fifoq.admit(p_queue_id integer) IS 'Admits the head of a que
 
 CREATE FUNCTION fifoq.admit_to(p_queue_id integer, p_claimer bigint, p_claim_limit integer, OUT admitted integer, OUT claimed bigint[]) RETURNS record
     LANGUAGE plpgsql
+    SET enable_seqscan TO 'off'
     AS $$
 DECLARE
     v_action    text;

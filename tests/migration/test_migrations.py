@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import difflib
 import re
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -167,8 +169,9 @@ def test_migrated_schema_matches_the_committed_dump(empty_dsn: str, pg_dump: str
         )
 
 
-def _migrate_through(dsn: str, last: str) -> None:
-    """Apply the migrations up to and including ``last`` (an older schema to upgrade from)."""
+@contextlib.contextmanager
+def _yoyo(dsn: str) -> Iterator[tuple[Any, Any]]:
+    """yoyo's backend on ``dsn`` (schema fifoq made, lock held) and the migrations, in order."""
     from yoyo import read_migrations  # type: ignore[import-untyped]
 
     from fifoq.migrations import _backend, _prepare_schema
@@ -177,12 +180,46 @@ def _migrate_through(dsn: str, last: str) -> None:
         _prepare_schema(conn)
     backend = _backend(dsn)
     try:
-        migrations = read_migrations(str(migrations_dir()))
-        wanted = migrations.filter(lambda m: m.id <= last)
         with backend.lock():
-            backend.apply_migrations(backend.to_apply(wanted))
+            yield backend, backend.to_apply(read_migrations(str(migrations_dir())))
     finally:
         backend.connection.close()
+
+
+def _migrate_through(dsn: str, last: str) -> None:
+    """Apply the migrations up to and including ``last`` (an older schema to upgrade from)."""
+    with _yoyo(dsn) as (backend, migrations):
+        backend.apply_migrations(migrations.filter(lambda m: m.id <= last))
+
+
+def test_each_rollback_restores_the_schema_its_migration_found(
+    empty_dsn: str, pg_dump: str
+) -> None:
+    """Migration k+1 and then its rollback leave the schema exactly as after migration k.
+
+    The whole chain up and down is checked above; this catches a rollback
+    that restores its functions but not what a migration in between set on
+    them (CREATE OR REPLACE FUNCTION resets a function's SET clauses).
+    """
+    with _yoyo(empty_dsn) as (backend, migrations):
+        names = [m.id for m in migrations]
+        after: list[str] = []
+        for name in names:
+            backend.apply_migrations(migrations.filter(lambda m, n=name: m.id == n))
+            after.append(dump_schema(empty_dsn, pg_dump))
+        for k in range(len(names) - 1, 0, -1):
+            backend.rollback_migrations(migrations.filter(lambda m, n=names[k]: m.id == n))
+            restored = dump_schema(empty_dsn, pg_dump)
+            diff = "".join(
+                difflib.unified_diff(
+                    after[k - 1].splitlines(keepends=True),
+                    restored.splitlines(keepends=True),
+                    f"after {names[k - 1]}",
+                    f"after {names[k]} and its rollback",
+                    n=2,
+                )
+            )
+            assert not diff, f"{names[k]}.rollback.sql does not restore the schema:\n{diff[:3000]}"
 
 
 def test_upgrade_to_0012_starts_each_line_at_its_first_waiter(empty_dsn: str) -> None:

@@ -457,3 +457,43 @@ def test_admission_reads_the_line_from_its_start_not_past_admissions(dsn: str) -
         f"the queue-head scan read {before} buffers before 6,000 admissions and {after} after: "
         "it walks past the admitted executions' index entries"
     )
+
+
+# The functions 0011 runs with enable_seqscan off (fifoq.purge reads history
+# in bulk and keeps the default).
+INDEX_ONLY_FUNCTIONS = (
+    "enqueue",
+    "enqueue_many",
+    "complete",
+    "complete_many",
+    "admit_to",
+    "lock_execution",
+    "cancel",
+    "time_out",
+    "watch",
+    "claim",
+    "heartbeat",
+    "abandon_owned",
+    "maintain",
+)
+
+
+def test_hot_functions_keep_enable_seqscan_off(dsn: str) -> None:
+    """Each hot function still carries 0011's setting after the migrations that followed.
+
+    CREATE OR REPLACE FUNCTION drops a function's SET clauses unless it
+    restates them: 0012 once did so for fifoq.admit_to.
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT p.proname, coalesce(p.proconfig, '{}') FROM pg_proc p"
+            " JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname = 'fifoq' AND p.proname = ANY (%s)",
+            (list(INDEX_ONLY_FUNCTIONS),),
+        ).fetchall()
+    settings = {name: config for name, config in rows}
+    assert sorted(settings) == sorted(INDEX_ONLY_FUNCTIONS)
+    missing = sorted(
+        name for name, config in settings.items() if "enable_seqscan=off" not in config
+    )
+    assert not missing, f"these functions lost SET enable_seqscan = off: {missing}"
