@@ -77,6 +77,30 @@ def migrate(conninfo: str = "") -> None:
                 backend.apply_migrations(backend.to_apply(migrations))
         finally:
             backend.connection.close()
+        _describe_bookkeeping(guard)
+
+
+# yoyo creates its tables without comments; SPEC §5 wants every table in the
+# schema explained by `\d+`.
+_BOOKKEEPING = {
+    _MIGRATION_TABLE: "yoyo bookkeeping: the fifoq migrations (sql/*.sql) applied here, with when.",
+    "_yoyo_log": "yoyo bookkeeping: each apply and rollback of a fifoq migration, by whom, when.",
+    "_yoyo_version": "yoyo bookkeeping: the version of yoyo's own table layout.",
+    "yoyo_lock": "yoyo bookkeeping: held while migrations run, so that two runs do not interleave.",
+}
+
+
+def _describe_bookkeeping(conn: psycopg.Connection[Any]) -> None:
+    for table, text in _BOOKKEEPING.items():
+        exists = conn.execute(
+            "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{table}",)
+        ).fetchone()
+        if exists and exists[0]:
+            conn.execute(
+                sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                    sql.Identifier(SCHEMA, table), sql.Literal(text)
+                )
+            )
 
 
 def rollback(conninfo: str = "") -> None:

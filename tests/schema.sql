@@ -1980,6 +1980,13 @@ CREATE TABLE fifoq._yoyo_log (
 
 
 --
+-- Name: TABLE _yoyo_log; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON TABLE fifoq._yoyo_log IS 'yoyo bookkeeping: each apply and rollback of a fifoq migration, by whom, when.';
+
+
+--
 -- Name: _yoyo_migration; Type: TABLE; Schema: fifoq; Owner: -
 --
 
@@ -1991,6 +1998,13 @@ CREATE TABLE fifoq._yoyo_migration (
 
 
 --
+-- Name: TABLE _yoyo_migration; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON TABLE fifoq._yoyo_migration IS 'yoyo bookkeeping: the fifoq migrations (sql/*.sql) applied here, with when.';
+
+
+--
 -- Name: _yoyo_version; Type: TABLE; Schema: fifoq; Owner: -
 --
 
@@ -1998,6 +2012,13 @@ CREATE TABLE fifoq._yoyo_version (
     version integer NOT NULL,
     installed_at_utc timestamp without time zone
 );
+
+
+--
+-- Name: TABLE _yoyo_version; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON TABLE fifoq._yoyo_version IS 'yoyo bookkeeping: the version of yoyo''s own table layout.';
 
 
 --
@@ -2175,6 +2196,13 @@ CREATE TABLE fifoq.yoyo_lock (
     ctime timestamp without time zone,
     pid integer NOT NULL
 );
+
+
+--
+-- Name: TABLE yoyo_lock; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON TABLE fifoq.yoyo_lock IS 'yoyo bookkeeping: held while migrations run, so that two runs do not interleave.';
 
 
 --

@@ -250,3 +250,21 @@ def test_upgrade_to_0012_starts_each_line_at_its_first_waiter(empty_dsn: str) ->
         assert active == [(3,)]
         row = conn.execute("SELECT admitted_seq FROM fifoq.queues WHERE action = 'up.a'").fetchone()
         assert row == (3,)
+
+
+def test_every_table_view_and_function_of_the_schema_has_a_comment(empty_dsn: str) -> None:
+    """SPEC §5: `\\d+` in psql explains everything in schema fifoq, yoyo's tables included."""
+    fifoq.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        bare = conn.execute(
+            """
+            SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+            WHERE n.nspname = 'fifoq' AND c.relkind IN ('r', 'v', 'm', 'p')
+              AND obj_description(c.oid, 'pg_class') IS NULL
+            UNION ALL
+            SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+            WHERE n.nspname = 'fifoq' AND obj_description(p.oid, 'pg_proc') IS NULL
+            ORDER BY 1
+            """
+        ).fetchall()
+    assert not bare, f"objects without COMMENT ON: {[name for (name,) in bare]}"
