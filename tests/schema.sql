@@ -376,7 +376,7 @@ CREATE FUNCTION fifoq.valid_name(name text) RETURNS boolean
 BEGIN
     RETURN name IS NOT NULL
        AND char_length(name) BETWEEN 1 AND 255
-       AND name !~ '[\x01-\x1f\x7f-\x9f]';
+       AND name !~ '[\u0001-\u001f\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ue000-\uf8ff\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000f0000-\U000ffffd\U00100000-\U0010fffd]';
 END
 $$;
 
@@ -385,7 +385,7 @@ $$;
 -- Name: FUNCTION valid_name(name text); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.valid_name(name text) IS 'True when the text is a valid action or group name: 1-255 characters, none of them a control character.';
+COMMENT ON FUNCTION fifoq.valid_name(name text) IS 'True when the text is a valid action or group name: 1-255 printable characters, so none that is a control, format, separator (other than the space) or private-use character.';
 
 
 SET default_tablespace = '';

@@ -18,6 +18,7 @@ from fifoq import (
     QueueManager,
     Status,
     UnknownExecution,
+    validation,
 )
 
 UNKNOWN_ID = 2**40
@@ -246,7 +247,18 @@ async def test_bad_results_are_refused_and_leave_the_execution_active(
     assert (await small.get(execution.id)).status is Status.ACTIVE
 
 
-BAD_NAMES: list[Any] = ["", "a" * 256, "line\nbreak", "nul\x00", "bell\x07", "\x9b", "\u2028", 7]
+BAD_NAMES: list[Any] = [
+    "",
+    "a" * 256,
+    "line\nbreak",
+    "nul\x00",
+    "bell\x07",
+    "\x9b",
+    "\u2028",
+    "zero\u200bwidth",
+    "no\u00a0break",
+    7,
+]
 
 
 @pytest.mark.parametrize("name", BAD_NAMES, ids=repr)
@@ -290,7 +302,7 @@ async def test_group_from_a_payload_value_with_control_characters_is_refused(
 async def test_the_database_refuses_bad_names_from_sql_callers(dsn: str) -> None:
     before = await counts(dsn)
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        for action in ("", "x" * 256, "a\x01b"):
+        for action in ("", "x" * 256, "a\x01b", "zero\u200bwidth", "no\u00a0break", "\ue000"):
             with pytest.raises(psycopg.Error) as info:
                 await conn.execute("SELECT fifoq.enqueue(%s)", (action,))
             assert info.value.sqlstate == "FQ422"
@@ -298,3 +310,41 @@ async def test_the_database_refuses_bad_names_from_sql_callers(dsn: str) -> None
             await conn.execute("SELECT fifoq.complete(%s)", (UNKNOWN_ID,))
         assert info.value.sqlstate == "FQ404"
     assert await counts(dsn) == before
+
+
+async def test_names_with_letters_symbols_and_spaces_are_accepted(
+    qm: QueueManager, dsn: str
+) -> None:
+    for action in ("déploy.prod", "ship.🚀", "with space.ok", "日本.タスク"):
+        assert (await qm.enqueue(action, group="zone é 1")).action == action
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        row = await (await conn.execute("SELECT (fifoq.enqueue('sql.🚀 ok')).action")).fetchone()
+    assert row == ("sql.🚀 ok",)
+
+
+def test_python_and_sql_refuse_the_same_characters_in_names(dsn: str) -> None:
+    """Every code point a PostgreSQL text can hold: the API and fifoq.valid_name agree.
+
+    Otherwise a queue named from SQL could not be read through the API (or
+    the API would send names the database then refuses with a constraint
+    error instead of a clear message).
+    """
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT array_agg(c ORDER BY c) FROM generate_series(1, 1114111) AS c"
+            " WHERE (c < 55296 OR c > 57343) AND NOT fifoq.valid_name('x' || chr(c))"
+        ).fetchone()
+    assert row is not None
+    sql_refused = set(row[0])
+    python_refused = {
+        c
+        for c in range(1, 0x110000)
+        if not 0xD800 <= c <= 0xDFFF and validation._name_problem("x" + chr(c)) is not None
+    }
+    assert sql_refused, "fifoq.valid_name refused nothing"
+    only_sql = sorted(sql_refused - python_refused)[:10]
+    only_python = sorted(python_refused - sql_refused)[:10]
+    assert not only_sql and not only_python, (
+        f"refused only by SQL: {[hex(c) for c in only_sql]}; "
+        f"only by Python: {[hex(c) for c in only_python]}"
+    )
