@@ -91,11 +91,15 @@ _BOOKKEEPING = {
 
 
 def _describe_bookkeeping(conn: psycopg.Connection[Any]) -> None:
+    # Only where the comment is missing: once set, a migrate with nothing to
+    # do writes nothing (and needs no ownership of yoyo's tables).
     for table, text in _BOOKKEEPING.items():
-        exists = conn.execute(
-            "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{table}",)
+        missing = conn.execute(
+            "SELECT to_regclass(%(t)s) IS NOT NULL"
+            " AND obj_description(to_regclass(%(t)s), 'pg_class') IS DISTINCT FROM %(c)s",
+            {"t": f"{SCHEMA}.{table}", "c": text},
         ).fetchone()
-        if exists and exists[0]:
+        if missing and missing[0]:
             conn.execute(
                 sql.SQL("COMMENT ON TABLE {} IS {}").format(
                     sql.Identifier(SCHEMA, table), sql.Literal(text)
