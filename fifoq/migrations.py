@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,14 +72,20 @@ def migrate(conninfo: str = "") -> None:
         # Under the lock: two concurrent CREATE SCHEMA IF NOT EXISTS can both
         # miss the other's schema, and one then fails on a unique violation.
         _prepare_schema(guard)
-        backend = _backend(conninfo)
-        try:
-            migrations = read_migrations(str(migrations_dir()))
-            with backend.lock():
-                backend.apply_migrations(backend.to_apply(migrations))
-        finally:
-            backend.connection.close()
+        with _yoyo_session(conninfo) as (backend, migrations):
+            backend.apply_migrations(backend.to_apply(migrations))
         _describe_bookkeeping(guard)
+
+
+@contextlib.contextmanager
+def _yoyo_session(conninfo: str) -> Iterator[tuple[Any, Any]]:
+    """yoyo's backend with its lock held, and every migration of ``migrations_dir()``."""
+    backend = _backend(conninfo)
+    try:
+        with backend.lock():
+            yield backend, read_migrations(str(migrations_dir()))
+    finally:
+        backend.connection.close()
 
 
 # yoyo creates its tables without comments; SPEC §5 wants every table in the
@@ -93,18 +101,19 @@ _BOOKKEEPING = {
 def _describe_bookkeeping(conn: psycopg.Connection[Any]) -> None:
     # Only where the comment is missing: once set, a migrate with nothing to
     # do writes nothing (and needs no ownership of yoyo's tables).
-    for table, text in _BOOKKEEPING.items():
-        missing = conn.execute(
-            "SELECT to_regclass(%(t)s) IS NOT NULL"
-            " AND obj_description(to_regclass(%(t)s), 'pg_class') IS DISTINCT FROM %(c)s",
-            {"t": f"{SCHEMA}.{table}", "c": text},
-        ).fetchone()
-        if missing and missing[0]:
-            conn.execute(
-                sql.SQL("COMMENT ON TABLE {} IS {}").format(
-                    sql.Identifier(SCHEMA, table), sql.Literal(text)
-                )
+    missing = conn.execute(
+        "SELECT t.name, t.text FROM unnest(%s::text[], %s::text[]) AS t(name, text)"
+        " WHERE to_regclass(%s || '.' || t.name) IS NOT NULL"
+        "   AND obj_description(to_regclass(%s || '.' || t.name), 'pg_class')"
+        "       IS DISTINCT FROM t.text",
+        (list(_BOOKKEEPING), list(_BOOKKEEPING.values()), SCHEMA, SCHEMA),
+    ).fetchall()
+    for table, text in missing:
+        conn.execute(
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                sql.Identifier(SCHEMA, table), sql.Literal(text)
             )
+        )
 
 
 def rollback(conninfo: str = "") -> None:
@@ -116,13 +125,8 @@ def rollback(conninfo: str = "") -> None:
         if not exists:
             return
         guard.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATE_LOCK)
-        backend = _backend(conninfo)
-        try:
-            migrations = read_migrations(str(migrations_dir()))
-            with backend.lock():
-                backend.rollback_migrations(backend.to_rollback(migrations))
-        finally:
-            backend.connection.close()
+        with _yoyo_session(conninfo) as (backend, migrations):
+            backend.rollback_migrations(backend.to_rollback(migrations))
         guard.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
 
 

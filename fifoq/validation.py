@@ -38,11 +38,11 @@ MAX_BATCH = 10_000
 
 # What "printable" excludes, the same class as fifoq.valid_name in
 # sql/0013_printable_names.sql (tests/integration checks that they agree):
-# Unicode categories Cc, Cf, Zl, Zp, Co, and Zs other than the space. NUL and
-# lone surrogates on top, which a PostgreSQL text value cannot hold at all.
+# Unicode categories Cc, Cf, Zl, Zp, Co, and Zs other than the space; also NUL
+# and lone surrogates, which a PostgreSQL text value cannot hold at all.
 _NOT_PRINTABLE = re.compile(
-    "[\\x00\\ud800-\\udfff"
-    "\\u0001-\\u001f\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891"
+    "[\\ud800-\\udfff"
+    "\\u0000-\\u001f\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891"
     "\\u08e2\\u1680\\u180e\\u2000-\\u200f\\u2028-\\u202f\\u205f-\\u2064\\u2066-\\u206f\\u3000"
     "\\ue000-\\uf8ff\\ufeff\\ufff9-\\ufffb\\U000110bd\\U000110cd\\U00013430-\\U00013438"
     "\\U0001bca0-\\U0001bca3\\U0001d173-\\U0001d17a\\U000e0001\\U000e0020-\\U000e007f"

@@ -172,18 +172,12 @@ def test_migrated_schema_matches_the_committed_dump(empty_dsn: str, pg_dump: str
 @contextlib.contextmanager
 def _yoyo(dsn: str) -> Iterator[tuple[Any, Any]]:
     """yoyo's backend on ``dsn`` (schema fifoq made, lock held) and the migrations, in order."""
-    from yoyo import read_migrations  # type: ignore[import-untyped]
-
-    from fifoq.migrations import _backend, _prepare_schema
+    from fifoq.migrations import _prepare_schema, _yoyo_session
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         _prepare_schema(conn)
-    backend = _backend(dsn)
-    try:
-        with backend.lock():
-            yield backend, backend.to_apply(read_migrations(str(migrations_dir())))
-    finally:
-        backend.connection.close()
+    with _yoyo_session(dsn) as (backend, migrations):
+        yield backend, backend.to_apply(migrations)
 
 
 def _migrate_through(dsn: str, last: str) -> None:
