@@ -183,6 +183,10 @@ class StatsResult:
     without_history_round_trip: Distribution
     with_history_round_trip: Distribution
     history_insert_seconds: float
+    # REFRESH ... CONCURRENTLY of a plain matview of the same shape (all rows
+    # changing, as fifoq's do), timed alongside: PostgreSQL's own cost of the
+    # command on this server, which no view definition can go below.
+    floor: Distribution
 
 
 @dataclass
@@ -604,11 +608,13 @@ async def run_stats(
     Each queue holds two active and three waiting executions. The history is
     written straight into fifoq.executions with one INSERT ... SELECT
     generate_series (succeeded, in seq order, with matching queue counters),
-    then vacuumed and analysed as autovacuum would.
+    then vacuumed and analysed as autovacuum would. Without history, the
+    floor (``StatsResult.floor``) is timed in the same loop.
     """
     prefix = "bench.stats."
     per_queue = max(1, history_rows // actions)
     figures: dict[bool, tuple[Distribution, Distribution]] = {}
+    floor_s: list[float] = []
     insert_seconds = 0.0
     for with_history in (False, True):
         label = "with_history" if with_history else "no_history"
@@ -639,9 +645,16 @@ async def run_stats(
                     with contextlib.suppress(psycopg.errors.InsufficientPrivilege):
                         conn.execute("CHECKPOINT")
                 conn.execute(query("live_load"), params)
+                # The floor is timed in the database without history, its
+                # samples interleaved with fifoq's so both see the same noise.
+                with_floor = not with_history
+                if with_floor:
+                    conn.execute(query("refresh_floor_create"))  # no parameters: several statements
                 step(f"stats: refresh_stats() x {samples}, {label.replace('_', ' ')}")
-                for _ in range(3):  # warm the caches and the matview
+                for _ in range(3):  # warm the caches and the matviews
                     conn.execute(query("refresh_stats"), {})
+                    if with_floor:
+                        conn.execute(query("explain_refresh_floor"), {})
                 server_s: list[float] = []
                 round_trip_s: list[float] = []
                 for _ in range(samples):
@@ -651,6 +664,10 @@ async def run_stats(
                     before = time.perf_counter()
                     conn.execute(query("refresh_stats"), {})
                     round_trip_s.append(time.perf_counter() - before)
+                    if with_floor:
+                        row = conn.execute(query("explain_refresh_floor"), {}).fetchone()
+                        assert row is not None
+                        floor_s.append(_execution_time(row[0]))
             figures[with_history] = (Distribution.of(server_s), Distribution.of(round_trip_s))
             _verify(dsn, f"stats ({label})")
     return StatsResult(
@@ -662,6 +679,7 @@ async def run_stats(
         without_history_round_trip=figures[False][1],
         with_history_round_trip=figures[True][1],
         history_insert_seconds=insert_seconds,
+        floor=Distribution.of(floor_s),
     )
 
 

@@ -59,6 +59,9 @@ def test_quick_bench_runs_end_to_end(admin_dsn: str, tmp_path: Path) -> None:
     assert figures["cancel"]["server"]["n"] == figures["options"]["sizes"]["cancel_rounds"]
     assert figures["cancel"]["waiter"]["p50"] > 0
     assert figures["stats"]["with_history"]["p50"] > 0
+    # PostgreSQL's own refresh floor, timed in the same loop as fifoq's refresh.
+    assert figures["stats"]["floor"]["n"] == figures["options"]["sizes"]["stats_samples"]
+    assert figures["stats"]["floor"]["p50"] > 0
     assert figures["stats"]["history_rows"] == figures["options"]["sizes"]["stats_history"]
     assert 50 < figures["storage"]["bytes_per_execution"] < 10_000
     assert {t["name"] for t in figures["targets"]} >= {"hand-off p99", "refresh_stats (median)"}
