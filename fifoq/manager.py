@@ -12,7 +12,7 @@ import math
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
 from typing import Any, LiteralString
@@ -39,6 +39,7 @@ from .validation import (
     check_action,
     check_batch_size,
     check_error_text,
+    check_execution_id,
     check_group,
     check_policy,
     to_json,
@@ -302,7 +303,9 @@ class QueueManager:
     ) -> Execution:
         """Enqueue an execution owned by this executor and wait until it is active."""
         self._check_open()
-        execution = await self._enqueue(action, payload, group=group, owner=self.executor_id)
+        execution = await self._owned(
+            self._enqueue(action, payload, group=group, owner=self.executor_id)
+        )
         if execution.status is Status.ACTIVE:
             return execution
         return await self._wait(execution, timeout)
@@ -315,12 +318,11 @@ class QueueManager:
         or ``ExecutionAbandoned``.
         """
         self._check_open()
+        execution_id = check_execution_id(execution_id)
         # A notification that arrives between this call and the subscription
         # in _wait is kept in self._early, so it cannot be missed.
-        row = await self._change_one(
-            query("watch"), {"id": execution_id, "executor": self.executor_id}
-        )
-        return await self._wait(Execution.from_row(row), timeout)
+        execution = await self._owned(self._watch(execution_id))
+        return await self._wait(execution, timeout)
 
     async def complete(
         self, execution_id: int, *, result: Any = None, error: str | None = None
@@ -330,6 +332,7 @@ class QueueManager:
         Frees its slot and admits the next in line in the same transaction.
         Raises ``InvalidTransition`` unless it is active, ``UnknownExecution``.
         """
+        execution_id = check_execution_id(execution_id)
         result_json = to_json(result, what="result", limit=self.max_payload_bytes)
         row = await self._change_one(
             query("complete"),
@@ -363,7 +366,7 @@ class QueueManager:
         """
         self._check_open()
         return await self._complete_many(
-            outcomes, claim_actions=list(actions) if actions else None, claim_limit=limit
+            outcomes, claim_actions=None if actions is None else list(actions), claim_limit=limit
         )
 
     async def _complete_many(
@@ -377,9 +380,7 @@ class QueueManager:
         for item in items:
             if not isinstance(item, Outcome):
                 raise InvalidInput(f"expected fifoq.Outcome items, got {type(item).__name__}")
-            if isinstance(item.execution_id, bool) or not isinstance(item.execution_id, int):
-                raise InvalidInput(f"execution ids are integers, got {item.execution_id!r}")
-            ids.append(item.execution_id)
+            ids.append(check_execution_id(item.execution_id))
             results.append(
                 to_json(
                     item.result,
@@ -416,6 +417,7 @@ class QueueManager:
         A waiter on it raises ``ExecutionCancelled`` at once; an active one's
         slot goes to the next in line.
         """
+        execution_id = check_execution_id(execution_id)
         rows = await self._execute(
             query("cancel"),
             {"id": execution_id},
@@ -427,19 +429,23 @@ class QueueManager:
 
     async def get(self, execution_id: int) -> Execution:
         """The execution with this id; ``UnknownExecution`` if there is none."""
+        execution_id = check_execution_id(execution_id)
         row = await self._fetch_optional(query("get"), {"id": execution_id})
         if row is None:
             raise UnknownExecution(f"unknown execution {execution_id}")
         return Execution.from_row(row)
 
     async def claim(self, actions: Sequence[str] | None, limit: int) -> list[Execution]:
-        """Take up to ``limit`` admitted executions nobody owns (worker use), in seq order."""
+        """Take up to ``limit`` admitted executions nobody owns (worker use), in seq order.
+
+        ``actions`` None takes any action's; an empty list takes nothing.
+        """
         self._check_open()
         rows = await self._execute(
             query("claim"),
             {
                 "executor": self.executor_id,
-                "actions": list(actions) if actions else None,
+                "actions": None if actions is None else list(actions),
                 "limit": limit,
             },
             changed=_changed_rows,
@@ -646,11 +652,6 @@ class QueueManager:
             try:
                 async with asyncio.timeout(timeout):
                     new_status, at = await future
-            except asyncio.CancelledError:
-                # The caller gave up (task cancelled): do not leave an owned
-                # execution behind to take a slot nobody will use.
-                await asyncio.shield(self._cancel_quietly(execution.id))
-                raise
             except TimeoutError:
                 # Give up in the database too, unless it started meanwhile.
                 row = await self._change_one(query("time_out"), {"id": execution.id})
@@ -663,15 +664,50 @@ class QueueManager:
                         f"within {timeout} s"
                     ) from None
                 raise self._not_started(latest, latest.status) from None
+            if new_status is Status.ACTIVE:
+                if at is None:  # learned from the poll: read the start time
+                    started = await self.get(execution.id)
+                    return dataclasses.replace(started, payload=execution.payload)
+                return dataclasses.replace(
+                    execution, status=Status.ACTIVE, started_at=at, owner=self.executor_id
+                )
+        except asyncio.CancelledError:
+            # The caller gave up (task cancelled) at any await above: do not
+            # leave an owned execution behind to take a slot nobody will use.
+            await asyncio.shield(self._cancel_quietly(execution.id))
+            raise
         finally:
             unsubscribe()
-        if new_status is Status.ACTIVE:
-            if at is None:  # learned from the poll: read the start time
-                return dataclasses.replace(await self.get(execution.id), payload=execution.payload)
-            return dataclasses.replace(
-                execution, status=Status.ACTIVE, started_at=at, owner=self.executor_id
-            )
         raise self._not_started(execution, new_status)
+
+    async def _watch(self, execution_id: int) -> Execution:
+        row = await self._change_one(
+            query("watch"), {"id": execution_id, "executor": self.executor_id}
+        )
+        return Execution.from_row(row)
+
+    async def _owned(self, statement: Coroutine[Any, Any, Execution]) -> Execution:
+        """Await a statement that makes this executor an execution's owner.
+
+        If the caller is cancelled meanwhile, the statement still runs to its
+        end (it may have committed already), and the execution it returns is
+        then cancelled: otherwise it would hold, or later take, a slot for a
+        waiter that has gone, until this executor closes.
+        """
+        task = asyncio.ensure_future(statement)
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            await asyncio.shield(self._cancel_when_done(task))
+            raise
+
+    async def _cancel_when_done(self, statement: asyncio.Future[Execution]) -> None:
+        try:
+            execution = await statement
+        except Exception:  # it failed, so it owns nothing; the caller has gone
+            return
+        if not execution.status.terminal:
+            await self._cancel_quietly(execution.id)
 
     async def _cancel_quietly(self, execution_id: int) -> None:
         try:
@@ -711,13 +747,16 @@ class QueueManager:
 
     async def _on_gone(self) -> None:
         # Our lease ran out and the others reaped us: everything we owned is
-        # abandoned (its slots were given away). Tell the waiters, then carry
-        # on as a new executor.
-        for execution_id in list(self._callbacks):
-            self._on_status(execution_id, Status.ABANDONED, None)
-        self.executor_id = await self._register()
-        assert self._listener is not None
-        self._listener.rebind(self.executor_id)
+        # abandoned (its slots were given away). Carry on as a new executor,
+        # then tell the waiters: woken first, their next call would still
+        # carry the dead executor's id and fail with ExecutorGone.
+        try:
+            self.executor_id = await self._register()
+            assert self._listener is not None
+            self._listener.rebind(self.executor_id)
+        finally:
+            for execution_id in list(self._callbacks):
+                self._on_status(execution_id, Status.ABANDONED, None)
         logger.warning("continuing as executor %s", self.executor_id)
 
     async def _register(self) -> int:

@@ -12,7 +12,7 @@ import math
 import re
 from typing import Any
 
-from .errors import InvalidInput, InvalidPolicy
+from .errors import InvalidInput, InvalidPolicy, UnknownExecution
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -20,6 +20,7 @@ __all__ = [
     "check_action",
     "check_batch_size",
     "check_error_text",
+    "check_execution_id",
     "check_group",
     "check_policy",
     "to_json",
@@ -28,6 +29,7 @@ __all__ = [
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_NAME_LENGTH = 255
 _INT4_MAX = 2**31 - 1
+_INT8_MIN, _INT8_MAX = -(2**63), 2**63 - 1
 # About 31 years. A longer timeout would overflow PostgreSQL's interval and
 # timestamp types when the deadline is computed, failing every enqueue.
 MAX_QUEUE_TIMEOUT = 1e9
@@ -97,6 +99,19 @@ def to_json(value: Any, *, what: str, limit: int) -> str | None:
     if size > limit:
         raise InvalidInput(f"{what} is {size} bytes of JSON, over the limit of {limit} bytes")
     return text
+
+
+def check_execution_id(execution_id: object) -> int:
+    """Return an execution id, or raise InvalidInput (not an integer) or UnknownExecution.
+
+    Ids are bigints: an integer outside that range names no execution, which
+    is said as such rather than left to fail as a type error in the database.
+    """
+    if isinstance(execution_id, bool) or not isinstance(execution_id, int):
+        raise InvalidInput(f"execution ids are integers, got {execution_id!r}")
+    if not _INT8_MIN <= execution_id <= _INT8_MAX:
+        raise UnknownExecution(f"unknown execution {execution_id}")
+    return execution_id
 
 
 def check_error_text(error: object) -> str | None:

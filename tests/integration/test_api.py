@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+import psycopg
+import pytest
 from helpers import fetch_rows, wait_until
 
-from fifoq import QueueManager, Status
+from fifoq import Execution, ExecutionAbandoned, QueueManager, Status
 
 
 async def test_an_execution_carries_its_fields_through_its_life(qm: QueueManager) -> None:
@@ -79,3 +81,35 @@ async def test_a_waiter_whose_task_is_cancelled_gives_up_its_place(
     # Its slot-to-be is not taken by a ghost: the next one starts after the blocker.
     await qm.complete(blocker.id)
     assert (await qm.enqueue("api.leave")).status is Status.ACTIVE
+
+
+async def test_a_waiter_woken_by_its_executors_reaping_can_call_again_at_once(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("api.reaped", max_concurrent=1)
+    await qm.enqueue("api.reaped")  # holds the only slot
+    reaped_id = qm.executor_id
+
+    async def wait_then_carry_on() -> Execution:
+        with pytest.raises(ExecutionAbandoned):
+            await qm.enqueue_and_wait("api.reaped")
+        # Its very next call already runs as the new executor.
+        return await qm.enqueue_and_wait("api.reaped.next")
+
+    task = asyncio.create_task(wait_then_carry_on())
+
+    async def queued() -> bool:
+        return any(r.status == "queued" for r in await fetch_rows(dsn, "api.reaped"))
+
+    await wait_until(queued, message="waiter queued")
+    # What the others do when our lease runs out (fifoq.maintain's reaping).
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'lease expired'"
+            " WHERE id = %s",
+            (reaped_id,),
+        )
+        await conn.execute("SELECT fifoq.abandon_owned(%s)", (reaped_id,))
+    carried_on = await task
+    assert carried_on.status is Status.ACTIVE
+    assert carried_on.owner == qm.executor_id != reaped_id

@@ -15,6 +15,7 @@ from fifoq import (
     InvalidInput,
     InvalidPolicy,
     InvalidTransition,
+    Outcome,
     QueueManager,
     Status,
     UnknownExecution,
@@ -66,6 +67,40 @@ async def test_unknown_execution_is_refused_by_every_call(qm: QueueManager, dsn:
     for call in calls:
         message = await assert_refused(dsn, call, UnknownExecution, str(UNKNOWN_ID))
         assert message == f"unknown execution {UNKNOWN_ID}"
+
+
+@pytest.mark.parametrize("execution_id", [2**63, -(2**63) - 1, 10**30])
+async def test_ids_beyond_bigint_are_unknown_executions_in_every_call(
+    qm: QueueManager, dsn: str, execution_id: int
+) -> None:
+    # Sent as they are, they reach the database as numeric and fail there as
+    # a type error (no fifoq.cancel_deferred(numeric)), not as a FifoqError.
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: qm.get(execution_id),
+        lambda: qm.complete(execution_id),
+        lambda: qm.cancel(execution_id),
+        lambda: qm.wait_started(execution_id),
+        lambda: qm.complete_many([Outcome(execution_id)]),
+    ]
+    for call in calls:
+        message = await assert_refused(dsn, call, UnknownExecution, str(execution_id))
+        assert message == f"unknown execution {execution_id}"
+
+
+@pytest.mark.parametrize("execution_id", [None, "1", 1.0, True])
+async def test_ids_that_are_not_integers_are_refused_by_every_call(
+    qm: QueueManager, dsn: str, execution_id: Any
+) -> None:
+    calls: list[Callable[[], Awaitable[Any]]] = [
+        lambda: qm.get(execution_id),
+        lambda: qm.complete(execution_id),
+        lambda: qm.cancel(execution_id),
+        lambda: qm.wait_started(execution_id),
+    ]
+    for call in calls:
+        await assert_refused(
+            dsn, call, InvalidInput, "execution ids are integers", repr(execution_id)
+        )
 
 
 async def test_completing_twice_is_refused_and_frees_no_second_slot(

@@ -212,3 +212,17 @@ async def test_complete_and_claim_leaves_other_actions_and_a_zero_limit_alone(
     _, none = await qm.complete_and_claim([Outcome((await qm.claim(None, 1))[0].id)], None, 0)
     assert none == []
     assert running.id == taken.id
+
+
+async def test_claim_of_no_actions_takes_nothing_and_none_takes_any(qm: QueueManager) -> None:
+    await qm.set_policy("wb.none", max_concurrent=1)
+    first, second = await qm.enqueue_many("wb.none", ["a", "b"])  # active (nobody's), queued
+    # An empty list names no action: it is not "any action" (that is None).
+    assert await qm.claim([], 5) == []
+    [taken] = await qm.claim(["wb.none"], 5)
+    assert taken.id == first.id
+    completed, claimed = await qm.complete_and_claim([Outcome(taken.id)], [], 5)
+    assert claimed == [] and completed[0].status is Status.SUCCEEDED
+    admitted = await qm.get(second.id)
+    assert admitted.status is Status.ACTIVE and admitted.owner is None
+    assert [e.id for e in await qm.claim(None, 5)] == [second.id]
