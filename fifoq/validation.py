@@ -95,6 +95,7 @@ def to_json(value: Any, *, what: str, limit: int) -> str | None:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
     if "\\u0000" in text:
         raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
+    _check_encodable(text, what)
     size = len(text.encode("utf-8"))
     if size > limit:
         raise InvalidInput(f"{what} is {size} bytes of JSON, over the limit of {limit} bytes")
@@ -120,7 +121,20 @@ def check_error_text(error: object) -> str | None:
         raise InvalidInput(f"error must be a string, got {type(error).__name__}")
     if error is not None and "\x00" in error:
         raise InvalidInput("error contains a NUL character, which PostgreSQL cannot store")
+    if error is not None:
+        _check_encodable(error, "error")
     return error
+
+
+def _check_encodable(text: str, what: str) -> None:
+    """Raise InvalidInput if ``text`` holds a lone surrogate (no UTF-8 form, so no text value)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise InvalidInput(
+            f"{what} contains a lone surrogate U+{code:04X}, which is not valid Unicode"
+        ) from None
 
 
 def check_batch_size(count: int, *, what: str) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
@@ -68,17 +68,48 @@ purge.register(app)
 app.command("bench")(bench)
 
 
-def main() -> None:
-    """Entry point of the ``fifoq`` console script."""
-    try:
-        app(prog_name="fifoq")
-    except Exception as exc:
-        # Commands map their own errors; this catches what escapes one (bench).
-        if "--debug" in sys.argv[1:]:
-            raise
-        from ._common import fail
+# click's exception classes (typer vendors click in newer releases, imports it
+# in older ones): found through the one typer exports, not a private module.
+_ClickException: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"
+)
+_UsageError: type[Exception] = next(
+    c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError"
+)
 
+
+def main() -> None:
+    """Entry point of the ``fifoq`` console script.
+
+    Exit status 0 ok, 1 runtime error, 2 usage error or bad value, each error
+    as one line on stderr (``fifoq: error: ...``): click's own rendering of a
+    usage error is a box of five lines or more.
+    """
+    from ._common import fail
+
+    try:
         try:
+            code = app(prog_name="fifoq", standalone_mode=False)
+        except _UsageError as usage:
+            exc: Any = usage  # a click UsageError: show(), format_message(), ctx
+            if type(exc).__name__ == "NoArgsIsHelpError":  # bare `fifoq` or group: the help
+                exc.show()
+                sys.exit(exc.exit_code)
+            ctx = getattr(exc, "ctx", None)
+            hint = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+            fail(f"{exc.format_message()}{hint}", code=exc.exit_code)
+        except _ClickException as other:
+            click_error: Any = other
+            fail(click_error.format_message(), code=click_error.exit_code)
+        except typer.Abort:
+            fail("aborted")
+        except Exception as exc:
+            # Commands map their own errors; this catches what escapes one (bench).
+            if "--debug" in sys.argv[1:]:
+                raise
             fail(f"{type(exc).__name__}: {exc}")
-        except typer.Exit as done:
-            sys.exit(done.exit_code)
+    except typer.Exit as done:
+        sys.exit(done.exit_code)
+    # Without standalone mode click returns the code of an explicit exit
+    # (typer.Exit, --help, --version) and a command's return value (None).
+    sys.exit(code if isinstance(code, int) else 0)

@@ -22,6 +22,7 @@ from ..dsn import DSN_ENV, resolve_dsn, scrub
 from ..errors import FifoqError, InvalidInput, InvalidPolicy
 from ..manager import QueueManager
 from ..models import Execution
+from ..validation import DEFAULT_MAX_PAYLOAD_BYTES, to_json
 
 T = TypeVar("T")
 
@@ -127,9 +128,18 @@ def parse_json_option(option: str, text: str | None) -> Any:
     if text is None:
         return None
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         bad_value(option, f"not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+    except RecursionError:
+        bad_value(option, "JSON nested too deeply to read")
+    # What the API would refuse (NaN, NUL, lone surrogates, over the size
+    # limit), refused here as a usage error before anything connects.
+    try:
+        to_json(value, what=option, limit=DEFAULT_MAX_PAYLOAD_BYTES)
+    except InvalidInput as exc:
+        bad_value(option, str(exc))
+    return value
 
 
 def parse_seconds(option: str, text: str | None, *, allow_none: bool = False) -> float | None:

@@ -9,12 +9,20 @@ import time
 from pathlib import Path
 from typing import Annotated, Any
 
+import psycopg
 import typer
 
-from ..errors import ExecutionAbandoned, ExecutionCancelled, QueueTimeout
+from ..errors import ExecutionAbandoned, ExecutionCancelled, InvalidInput, QueueTimeout
 from ..manager import QueueManager
 from ..models import Execution, Status
-from ..validation import MAX_BATCH, check_action, check_group
+from ..validation import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_BATCH,
+    check_action,
+    check_error_text,
+    check_group,
+    to_json,
+)
 from ._common import (
     DebugOption,
     DsnOption,
@@ -108,7 +116,7 @@ def enqueue(
 
     Nobody owns it: a worker running the action picks it up, or you finish
     it yourself with `fifoq complete ID`. With --payloads, many at once, in
-    the order of the file's lines.
+    the order of the file's lines, in one transaction: all lines or none.
     """
     value = parse_json_option("--payload", payload)
     wait_timeout = parse_seconds("--timeout", timeout)
@@ -144,7 +152,11 @@ def enqueue(
 
 
 def _read_lines(source: str) -> list[Any]:
-    """The payloads of a JSON Lines file ('-': stdin); a usage error names a bad line."""
+    """The payloads of a JSON Lines file ('-': stdin); a usage error names a bad line.
+
+    Every line is read and checked (JSON, storable, within the payload size
+    limit) before anything is enqueued, so a bad line stores nothing.
+    """
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
@@ -157,6 +169,12 @@ def _read_lines(source: str) -> list[Any]:
             values.append(json.loads(line))
         except json.JSONDecodeError as exc:
             bad_value("--payloads", f"line {number} is not valid JSON ({exc.msg})")
+        except RecursionError:
+            bad_value("--payloads", f"line {number} is JSON nested too deeply to read")
+        try:
+            to_json(values[-1], what=f"line {number}", limit=DEFAULT_MAX_PAYLOAD_BYTES)
+        except InvalidInput as exc:
+            bad_value("--payloads", str(exc))
     if not values:
         bad_value("--payloads", f"{source} holds no payload (one JSON value per line)")
     return values
@@ -173,10 +191,17 @@ def _enqueue_lines(
 ) -> None:
     async def go() -> list[Execution]:
         done: list[Execution] = []
-        async with connect(conninfo, "enqueue") as qm:
+        async with (
+            connect(conninfo, "enqueue") as qm,
+            await psycopg.AsyncConnection.connect(conninfo) as conn,
+            conn.transaction(),
+        ):
+            # One transaction for the whole file: all of it is enqueued or,
+            # if the database refuses a batch (QueueFull, PolicyRejected),
+            # none. The queue's lock is held until the commit.
             for start in range(0, len(values), MAX_BATCH):
                 done += await qm.enqueue_many(
-                    action, values[start : start + MAX_BATCH], group=group
+                    action, values[start : start + MAX_BATCH], group=group, conn=conn
                 )
         return done
 
@@ -234,6 +259,10 @@ def complete(
 ) -> None:
     """Finish an active execution (succeeded, or failed with --error); its slot goes to the next."""
     value = parse_json_option("--result", result)
+    try:
+        check_error_text(error)
+    except InvalidInput as exc:
+        bad_value("--error", str(exc))
     conninfo = connection_string(dsn)
 
     async def go() -> Execution:
