@@ -925,6 +925,8 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
             MESSAGE = format('invalid action name %L: must be 1-255 characters without control characters', p_action);
     END IF;
+    -- This read only finds the queue (group_by); the checks use the one
+    -- taken under the lock below.
     v_policy := fifoq.policy_for(p_action);
     v_group := coalesce(p_group, '');
     IF v_group = '' AND cardinality(v_policy.group_by) > 0 THEN
@@ -940,6 +942,13 @@ BEGIN
     -- fifoq.admit) and makes the counter checks below exact.
     v_queue_id := fifoq.ensure_queue(p_action, v_group);
     PERFORM fifoq.lock_queue(v_queue_id);
+    -- The policy again, now that the lock is held: the limit may have been
+    -- lowered while we waited for it, and the previous holder may have
+    -- committed an admission after that. Both are visible to this new
+    -- statement (READ COMMITTED), so the limit and the counters compared
+    -- below are of one instant; the first read would admit past the new
+    -- limit. The group stays the one the first read gave.
+    v_policy := fifoq.policy_for(p_action);
 
     -- Take a seq and count the newcomer in, in one statement. SET sees the
     -- counters as they were: a newcomer waits whenever anyone waits, even if
@@ -1040,10 +1049,12 @@ DECLARE
     v_first   bigint;
     v_where   text;
     v_notify  boolean := false;
-    -- One entry per queue of the batch: its group, id, first new seq, and
-    -- how many of its share start at once.
+    -- One entry per queue of the batch, in ascending id order: its group,
+    -- id, how many payloads go to it, first new seq, and how many of its
+    -- share start at once.
     v_qgroups text[] := '{}';
     v_qids    integer[] := '{}';
+    v_qns     integer[] := '{}';
     v_firsts  bigint[] := '{}';
     v_admits  integer[] := '{}';
 BEGIN
@@ -1054,6 +1065,8 @@ BEGIN
     IF coalesce(cardinality(p_payloads), 0) = 0 THEN
         RETURN;
     END IF;
+    -- This read only derives the groups (group_by); the checks use the one
+    -- taken once every queue lock is held, below.
     v_policy := fifoq.policy_for(p_action);
 
     -- The group of each payload, exactly as fifoq.enqueue derives it.
@@ -1078,11 +1091,10 @@ BEGIN
         PERFORM fifoq.ensure_queue(p_action, v_group);
     END LOOP;
 
-    -- Then each queue's lock, in ascending id order (deadlock-free against
-    -- other batches and against fifoq.abandon_owned, maintain, set_policy),
-    -- and its share: counters, seq range, what starts at once. Set-based
-    -- (one grouping, one join), so a batch over many groups costs no more
-    -- per execution than a batch over one.
+    -- Then every queue's lock, in ascending id order (deadlock-free against
+    -- other batches and against fifoq.abandon_owned, maintain, set_policy).
+    -- Set-based (one grouping, one join), so a batch over many groups costs
+    -- no more per execution than a batch over one.
     FOR v_queue IN
         SELECT q.id, q.group_key, c.n
         FROM (SELECT g, count(*)::integer AS n FROM unnest(v_groups) AS g GROUP BY g) AS c
@@ -1090,6 +1102,28 @@ BEGIN
         ORDER BY q.id
     LOOP
         PERFORM fifoq.lock_queue(v_queue.id);
+        v_qgroups := array_append(v_qgroups, v_queue.group_key);
+        v_qids := array_append(v_qids, v_queue.id);
+        v_qns := array_append(v_qns, v_queue.n);
+    END LOOP;
+
+    -- The policy again, now that every lock of the batch is held: the limit
+    -- may have been lowered while we waited for one, and its previous holder
+    -- may have committed an admission after that. Both are visible to this
+    -- new statement (READ COMMITTED), so each queue's limit and counters
+    -- below are compared as of after its lock; the first read would admit
+    -- past the new limit. One read for the whole batch, after its last
+    -- lock, so one policy decides all of it. The groups stay the first
+    -- read's.
+    v_policy := fifoq.policy_for(p_action);
+
+    -- Each queue's share, in the same order: counters, seq range, what
+    -- starts at once.
+    FOR v_queue IN
+        SELECT s.id, s.group_key, s.n
+        FROM unnest(v_qids, v_qgroups, v_qns) WITH ORDINALITY AS s(id, group_key, n, ord)
+        ORDER BY s.ord
+    LOOP
         -- Read under the lock: a new statement sees what the previous holder committed.
         SELECT * INTO v_row FROM fifoq.queues WHERE id = v_queue.id;
         -- Admitted at once: only into free slots of a queue nobody waits in
@@ -1122,8 +1156,6 @@ BEGIN
             active_count = active_count + v_admit
         WHERE id = v_queue.id
         RETURNING last_seq - v_queue.n INTO v_first;
-        v_qgroups := array_append(v_qgroups, v_queue.group_key);
-        v_qids := array_append(v_qids, v_queue.id);
         v_firsts := array_append(v_firsts, v_first);
         v_admits := array_append(v_admits, v_admit);
         v_notify := v_notify OR (v_admit > 0 AND p_owner IS NULL);
@@ -1273,13 +1305,20 @@ CREATE FUNCTION fifoq.group_key(group_by text[], payload jsonb) RETURNS text
     LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
     AS $$
 BEGIN
-    -- Values of the group_by keys, in order, joined by ','. A missing key or
-    -- a non-object payload contributes an empty string.
+    -- Values of the group_by keys, in order, each escaped (backslash ->
+    -- '\\', comma -> '\,') and joined by ','. Escaping makes the name
+    -- tell the values apart: unescaped, ("eu,west", "h1") and ("eu",
+    -- "west,h1") both gave 'eu,west,h1' and shared one limit. A value with
+    -- neither character stays as it is, so names stay readable. A missing
+    -- key or a non-object payload contributes an empty string.
     IF cardinality(group_by) = 0 THEN
         RETURN '';
     END IF;
     RETURN (SELECT string_agg(
-                       coalesce(CASE WHEN jsonb_typeof(payload) = 'object' THEN payload ->> k END, ''),
+                       -- Backslashes first, or the comma's escape would be doubled.
+                       replace(replace(coalesce(CASE WHEN jsonb_typeof(payload) = 'object' THEN payload ->> k END, ''),
+                                       '\', '\\'),
+                               ',', '\,'),
                        ',' ORDER BY ord)
             FROM unnest(group_by) WITH ORDINALITY AS g(k, ord));
 END
@@ -1290,7 +1329,7 @@ $$;
 -- Name: FUNCTION group_key(group_by text[], payload jsonb); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.group_key(group_by text[], payload jsonb) IS 'Group of an execution from its policy''s group_by keys and its payload.';
+COMMENT ON FUNCTION fifoq.group_key(group_by text[], payload jsonb) IS 'Group of an execution from its policy''s group_by keys and its payload: the keys'' values in order, each with ''\'' written ''\\'' and '','' written ''\,'', joined by '','' (a missing key gives an empty value).';
 
 
 --
