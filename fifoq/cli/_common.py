@@ -83,6 +83,12 @@ def errors_handled(debug: bool, dsn: str = "") -> Iterator[None]:
         if exc.sqlstate in _SCHEMA_MISSING:
             message += " (is the fifoq schema installed? run `fifoq migrate`)"
         fail(scrub(message, dsn))
+    except BrokenPipeError:
+        # Whoever read the output stopped (`fifoq migrate --sql | head`): not
+        # an error to report. Output goes nowhere from here on, so the flush
+        # at exit cannot fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(1) from None
     except OSError as exc:
         if debug:
             raise

@@ -14,9 +14,14 @@ from ._common import DebugOption, DsnOption, connection_string, errors_handled
 
 EPILOG = (
     "Example: fifoq migrate --dsn postgresql://me@db/app;  "
-    "fifoq migrate --sql > pending.sql (review, then run with psql)"
+    "fifoq migrate --sql | less   (review what would run, then: fifoq migrate)"
 )
 
+_REVIEW_HEADER = (
+    "-- For review: the migrations `{command}` would {verb}, in order. Run that\n"
+    "-- command to do it: it records each migration in fifoq._yoyo_migration and holds\n"
+    "-- the locks that keep concurrent runs apart; this text run by psql would not.\n"
+)
 _FILE_HEADER = re.compile(r"^-- (\S+\.sql)$", re.MULTILINE)
 
 
@@ -26,7 +31,13 @@ def _names(sql_text: str) -> list[str]:
 
 def migrate(
     sql: Annotated[
-        bool, typer.Option("--sql", help="Print the SQL that would run, and change nothing.")
+        bool,
+        typer.Option(
+            "--sql",
+            help="Print the SQL that would run, for review, and change nothing. Apply it with "
+            "`fifoq migrate`, which also records each migration; the text alone, run by psql, "
+            "would not.",
+        ),
     ] = False,
     rollback: Annotated[
         bool,
@@ -43,6 +54,9 @@ def migrate(
         todo = pending_sql(conninfo, rollback=rollback)
         if sql:
             if todo:
+                command = "fifoq migrate --rollback" if rollback else "fifoq migrate"
+                verb = "roll back" if rollback else "apply"
+                typer.echo(_REVIEW_HEADER.format(command=command, verb=verb))
                 typer.echo(todo)
             else:
                 typer.echo("-- nothing to do", err=True)

@@ -98,6 +98,8 @@ def test_migrate_sql_apply_and_rollback(empty_dsn: str) -> None:
     shown = run_cli("migrate", "--sql", "--dsn", empty_dsn)
     assert shown.returncode == 0, shown.stderr
     assert "CREATE TABLE fifoq.executions" in shown.stdout
+    # It says what it is for: review; only `fifoq migrate` applies and records.
+    assert shown.stdout.startswith("-- For review: the migrations `fifoq migrate` would apply")
     # --sql changed nothing: the tables do not exist yet.
     with psycopg.connect(empty_dsn) as conn:
         row = conn.execute("SELECT to_regclass('fifoq.executions')").fetchone()
