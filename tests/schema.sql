@@ -154,7 +154,7 @@ BEGIN
     INTO v_action, v_queued, v_free, v_after
     FROM fifoq.queues q
     LEFT JOIN fifoq.policies own ON own.action = q.action
-    LEFT JOIN fifoq.policies pack ON pack.action = split_part(q.action, '.', 1) || '.*'
+    LEFT JOIN fifoq.policies pack ON pack.action = fifoq.pack_pattern(q.action)
     LEFT JOIN fifoq.policies dflt ON dflt.action = '*'
     WHERE q.id = p_queue_id;
     IF v_queued = 0 OR v_free <= 0 THEN   -- v_free NULL: unlimited
@@ -1517,7 +1517,7 @@ BEGIN
         -- not a plpgsql call per queue), for the queues with waiters only.
         SELECT q.id FROM fifoq.queues q
         LEFT JOIN fifoq.policies own ON own.action = q.action
-        LEFT JOIN fifoq.policies pack ON pack.action = split_part(q.action, '.', 1) || '.*'
+        LEFT JOIN fifoq.policies pack ON pack.action = fifoq.pack_pattern(q.action)
         LEFT JOIN fifoq.policies dflt ON dflt.action = '*'
         WHERE q.queued_count > 0
           AND q.active_count < coalesce(own.max_concurrent, pack.max_concurrent,
@@ -1586,6 +1586,24 @@ $$;
 --
 
 COMMENT ON FUNCTION fifoq.notify_owner(owner bigint, execution_id bigint, status fifoq.execution_status, at timestamp with time zone) IS 'Tells the owning executor of a status change: channel fifoq_executor_<id>, payload ''<execution id> <status> <epoch seconds of the change>''.';
+
+
+--
+-- Name: pack_pattern(text); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.pack_pattern(p_action text) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    AS $$
+    SELECT CASE WHEN strpos(p_action, '.') > 0 THEN split_part(p_action, '.', 1) || '.*' END
+$$;
+
+
+--
+-- Name: FUNCTION pack_pattern(p_action text); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.pack_pattern(p_action text) IS 'The policy name of an action''s pack: the part before the first ''.'', plus ''.*''; NULL (no pack) for a name without a dot.';
 
 
 --
@@ -1660,11 +1678,12 @@ CREATE FUNCTION fifoq.policy_for(p_action text) RETURNS fifoq.policies
 DECLARE
     v_policy fifoq.policies;
 BEGIN
-    -- One primary-key index scan with three keys: the action itself, its
-    -- pack pattern (text before the first dot, plus '.*') and the default.
+    -- One primary-key index scan with up to three keys: the action itself,
+    -- its pack's pattern (fifoq.pack_pattern: NULL, so no key, for a name
+    -- without a dot) and the default.
     SELECT p.* INTO v_policy
     FROM fifoq.policies p
-    WHERE p.action IN (p_action, split_part(p_action, '.', 1) || '.*', '*')
+    WHERE p.action IN (p_action, fifoq.pack_pattern(p_action), '*')
     ORDER BY CASE p.action WHEN p_action THEN 0 WHEN '*' THEN 2 ELSE 1 END
     LIMIT 1;
     RETURN v_policy;
@@ -2151,7 +2170,7 @@ CREATE VIEW fifoq.queue_stats_live AS
     clock_timestamp() AS last_updated
    FROM (((fifoq.queues q
      LEFT JOIN fifoq.policies own ON ((own.action = q.action)))
-     LEFT JOIN fifoq.policies pack ON ((pack.action = (split_part(q.action, '.'::text, 1) || '.*'::text))))
+     LEFT JOIN fifoq.policies pack ON ((pack.action = fifoq.pack_pattern(q.action))))
      LEFT JOIN fifoq.policies dflt ON ((dflt.action = '*'::text)));
 
 

@@ -97,8 +97,9 @@ class Model:
         self.policies: dict[str, MPolicy] = {}
 
     def policy_for(self, action: str) -> MPolicy | None:
-        for pattern in (action, action.split(".", 1)[0] + ".*", "*"):
-            if pattern in self.policies:
+        pack = action.split(".", 1)[0] + ".*" if "." in action else None  # no dot: no pack
+        for pattern in (action, pack, "*"):
+            if pattern is not None and pattern in self.policies:
                 return self.policies[pattern]
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 from helpers import assert_fifo_and_limit, counts, fetch_rows
 
@@ -19,15 +20,43 @@ async def test_lookup_goes_action_then_pack_then_default_then_unlimited(qm: Queu
     await qm.set_policy("deploy.*", max_concurrent=3)
     policy = await qm.get_policy("deploy.web")
     assert (policy.action, policy.max_concurrent) == ("deploy.*", 3)
-    # Another pack still gets the default; a name without a dot is its own pack.
+    # Another pack still gets the default, and so does a name without a dot:
+    # it has no pack ("deploy.*" is deploy.<something>).
     assert (await qm.get_policy("backup.db")).action == "*"
-    assert (await qm.get_policy("deploy")).action == "deploy.*"
+    assert (await qm.get_policy("deploy")).action == "*"
 
     await qm.set_policy("deploy.web", max_concurrent=2, queue_timeout=None)
     policy = await qm.get_policy("deploy.web")
     assert policy == Policy("deploy.web", 2, 10_000, None, "enqueue", ())
     assert (await qm.get_policy("deploy.db")).action == "deploy.*"
     assert [p.action for p in await qm.list_policies()] == ["*", "deploy.*", "deploy.web"]
+
+
+async def test_a_name_without_a_dot_is_governed_by_the_default_not_a_pack(
+    qm: QueueManager, dsn: str
+) -> None:
+    # Each of the four places that resolve the policy in force is checked:
+    # enqueue (fifoq.policy_for), admission after a completion (admit_to),
+    # the live stats view, and maintain's repair pass.
+    await qm.set_default_policy(max_concurrent=2)
+    await qm.set_policy("dotless.*", max_concurrent=1)
+    first, second, third = [await qm.enqueue("dotless") for _ in range(3)]
+    assert [first.status, second.status, third.status] == [
+        Status.ACTIVE,
+        Status.ACTIVE,
+        Status.QUEUED,
+    ]
+    assert (await qm.stats("dotless")).max_concurrent == 2
+    await qm.complete(first.id)
+    assert (await qm.get(third.id)).status is Status.ACTIVE  # admitted at limit 2, not 1
+    # maintain: a default raised behind set_policy's back (a plain UPDATE, so
+    # nothing admits at once) lets the repair pass admit the waiter.
+    fourth = await qm.enqueue("dotless")
+    assert fourth.status is Status.QUEUED
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("UPDATE fifoq.policies SET max_concurrent = 3 WHERE action = '*'")
+        await conn.execute("SELECT fifoq.maintain()")
+    assert (await qm.get(fourth.id)).status is Status.ACTIVE
 
 
 async def test_limits_follow_the_policy_in_force(qm: QueueManager) -> None:
