@@ -923,7 +923,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid action name %L: must be 1-255 characters without control characters', p_action);
+            MESSAGE = format('invalid action name %L: %s', p_action, fifoq.name_problem(p_action));
     END IF;
     -- This read only finds the queue (group_by); the checks use the one
     -- taken under the lock below.
@@ -934,8 +934,8 @@ BEGIN
     END IF;
     IF v_group <> '' AND NOT fifoq.valid_name(v_group) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid group name %L for action %L: must be 1-255 characters without control characters',
-                             v_group, p_action);
+            MESSAGE = format('invalid group name %L for action %L: %s',
+                             v_group, p_action, fifoq.name_problem(v_group));
     END IF;
 
     -- The queue lock, held to commit: it orders seq with commit order (see
@@ -1060,7 +1060,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid action name %L: must be 1-255 characters without control characters', p_action);
+            MESSAGE = format('invalid action name %L: %s', p_action, fifoq.name_problem(p_action));
     END IF;
     IF coalesce(cardinality(p_payloads), 0) = 0 THEN
         RETURN;
@@ -1079,8 +1079,8 @@ BEGIN
     SELECT g INTO v_bad FROM unnest(v_groups) AS g WHERE g <> '' AND NOT fifoq.valid_name(g) LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid group name %L for action %L: must be 1-255 characters without control characters',
-                             v_bad, p_action);
+            MESSAGE = format('invalid group name %L for action %L: %s',
+                             v_bad, p_action, fifoq.name_problem(v_bad));
     END IF;
 
     -- Missing queues are created first, in group name order: a new queue's
@@ -1546,6 +1546,41 @@ COMMENT ON FUNCTION fifoq.maintain() IS 'Periodic pass run by connected executor
 
 
 --
+-- Name: name_problem(text); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.name_problem(p_name text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_char text;
+BEGIN
+    IF p_name IS NULL THEN
+        RETURN 'must not be NULL';
+    ELSIF char_length(p_name) NOT BETWEEN 1 AND 255 THEN
+        RETURN format('must be 1-255 characters, got %s', char_length(p_name));
+    END IF;
+    FOR i IN 1 .. char_length(p_name) LOOP
+        v_char := substr(p_name, i, 1);
+        IF NOT fifoq.valid_name(v_char) THEN
+            RETURN format('must contain only printable characters, but has U+%s at position %s '
+                          '(control, format, separator and private-use characters are not allowed; '
+                          'the space is)', upper(lpad(to_hex(ascii(v_char)), 4, '0')), i);
+        END IF;
+    END LOOP;
+    RETURN NULL;
+END
+$$;
+
+
+--
+-- Name: FUNCTION name_problem(p_name text); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.name_problem(p_name text) IS 'What is wrong with an action or group name (its length, or the first refused character and its position); NULL for a valid name.';
+
+
+--
 -- Name: notify_owner(bigint, bigint, fifoq.execution_status, timestamp with time zone); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -1812,7 +1847,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
-            MESSAGE = format('invalid policy: action name %L must be 1-255 characters without control characters', p_action);
+            MESSAGE = format('invalid policy: action name %L %s', p_action, fifoq.name_problem(p_action));
     ELSIF p_max_concurrent IS NULL OR p_max_concurrent < 1 THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
             MESSAGE = format('invalid policy for action %L: max_concurrent must be at least 1, got %s', p_action, coalesce(p_max_concurrent::text, 'NULL'));
@@ -1832,7 +1867,8 @@ BEGIN
             MESSAGE = format('invalid policy for action %L: on_limit must be ''enqueue'' or ''reject'', got %L', p_action, p_on_limit);
     ELSIF EXISTS (SELECT 1 FROM unnest(coalesce(p_group_by, '{}')) k WHERE NOT coalesce(fifoq.valid_name(k), false)) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
-            MESSAGE = format('invalid policy for action %L: group_by keys must be 1-255 characters without control characters', p_action);
+            MESSAGE = (SELECT format('invalid policy for action %L: group_by key %L %s', p_action, k, fifoq.name_problem(k))
+                       FROM unnest(p_group_by) k WHERE NOT coalesce(fifoq.valid_name(k), false) LIMIT 1);
     END IF;
 
     INSERT INTO fifoq.policies AS p (action, max_concurrent, max_queue_length, queue_timeout, on_limit, group_by)

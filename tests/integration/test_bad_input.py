@@ -332,6 +332,14 @@ async def test_group_from_a_payload_value_with_control_characters_is_refused(
         "'bad.derived'",
     )
     assert "\n" not in message
+    # A format character, named with its position as Python names a bad --group.
+    message = await assert_refused(
+        dsn,
+        lambda: qm.enqueue("bad.derived", {"host": "zero\u200bwidth"}),
+        InvalidInput,
+        "group name",
+        "U+200B at position 5",
+    )
 
 
 async def test_the_database_refuses_bad_names_from_sql_callers(dsn: str) -> None:
@@ -341,6 +349,10 @@ async def test_the_database_refuses_bad_names_from_sql_callers(dsn: str) -> None
             with pytest.raises(psycopg.Error) as info:
                 await conn.execute("SELECT fifoq.enqueue(%s)", (action,))
             assert info.value.sqlstate == "FQ422"
+            # In the words Python uses: the length, or the character and where.
+            problem = validation._name_problem(action)
+            assert problem is not None
+            assert info.value.diag.message_primary == f"invalid action name '{action}': {problem}"
         with pytest.raises(psycopg.Error) as info:
             await conn.execute("SELECT fifoq.complete(%s)", (UNKNOWN_ID,))
         assert info.value.sqlstate == "FQ404"
