@@ -7,9 +7,11 @@ started from the PostgreSQL binaries on this machine (`fifoq.embedded`).
 The schema is migrated once per session into a template database; each test
 gets ``CREATE DATABASE test_<uuid> TEMPLATE <template>`` and it is dropped
 afterwards. Under pytest-xdist every worker starts its own server (embedded or
-container); with ``FIFOQ_TEST_DSN`` the workers share that server, so each
-worker builds its own template (``fifoq_template_gw0``, ...) and no two
-processes ever create, migrate or clone the same template.
+container); with ``FIFOQ_TEST_DSN`` the workers share that server, and so may
+whole pytest sessions run side by side: each session (and xdist worker)
+builds its own template, named after its host and process
+(``fifoq_template_<host>_<pid>_<worker>``), so no two processes ever create,
+migrate or clone the same template.
 """
 
 from __future__ import annotations
@@ -17,7 +19,9 @@ from __future__ import annotations
 import contextlib
 import functools
 import gc
+import hashlib
 import os
+import socket
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -162,13 +166,43 @@ def pg_bindir(pg_server: PgServer) -> Path | None:
     return pg_server.bindir
 
 
+# This host's part of template names: a short hash, as hostnames can be long.
+_HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _drop_orphan_templates(admin_dsn: str) -> None:
+    """Drop templates this host's sessions left behind when they were killed.
+
+    Only this host's (the pid in the name means nothing elsewhere), and only
+    those whose process is gone: a live one belongs to a session running now.
+    """
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        names = [
+            row[0]
+            for row in conn.execute(
+                "SELECT datname FROM pg_database WHERE datname LIKE %s",
+                (f"fifoq_template_{_HOST}_%",),
+            )
+        ]
+    for name in names:
+        pid = name.split("_")[3]
+        if not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            _drop_database(admin_dsn, name)
+        except PermissionError:
+            pass  # alive, another user's
+
+
 @pytest.fixture(scope="session")
 def template_db(pg_server: PgServer) -> Iterator[str]:
     """Name of a database migrated once per session (per xdist worker), to clone per test."""
-    worker = os.environ.get("PYTEST_XDIST_WORKER")
-    name = f"fifoq_template_{worker}" if worker else "fifoq_template"
+    worker = os.environ.get("PYTEST_XDIST_WORKER") or "main"
+    name = f"fifoq_template_{_HOST}_{os.getpid()}_{worker}"
     admin = pg_server.admin_dsn
-    _drop_database(admin, name)  # a leftover of an interrupted run
+    _drop_orphan_templates(admin)
     _admin_execute(admin, sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     _migrate(dsn_for(admin, name))
     # From here on nothing may connect to it, so cloning can never find it busy.
