@@ -55,16 +55,23 @@ async def small(dsn: str) -> AsyncIterator[QueueManager]:
 # -- unknown executions and wrong transitions ---------------------------------
 
 
+def every_call_taking_an_id(
+    qm: QueueManager, execution_id: Any
+) -> list[Callable[[], Awaitable[Any]]]:
+    """Each API call that names an execution, as a thunk."""
+    return [
+        lambda: qm.get(execution_id),
+        lambda: qm.complete(execution_id),
+        lambda: qm.complete(execution_id, error="x"),
+        lambda: qm.cancel(execution_id),
+        lambda: qm.wait_started(execution_id),
+        lambda: qm.complete_many([Outcome(execution_id)]),
+    ]
+
+
 async def test_unknown_execution_is_refused_by_every_call(qm: QueueManager, dsn: str) -> None:
     await qm.enqueue("bad.known")  # some state, to show it stays as it is
-    calls: list[Callable[[], Awaitable[Any]]] = [
-        lambda: qm.get(UNKNOWN_ID),
-        lambda: qm.complete(UNKNOWN_ID),
-        lambda: qm.complete(UNKNOWN_ID, error="x"),
-        lambda: qm.cancel(UNKNOWN_ID),
-        lambda: qm.wait_started(UNKNOWN_ID),
-    ]
-    for call in calls:
+    for call in every_call_taking_an_id(qm, UNKNOWN_ID):
         message = await assert_refused(dsn, call, UnknownExecution, str(UNKNOWN_ID))
         assert message == f"unknown execution {UNKNOWN_ID}"
 
@@ -75,14 +82,7 @@ async def test_ids_beyond_bigint_are_unknown_executions_in_every_call(
 ) -> None:
     # Sent as they are, they reach the database as numeric and fail there as
     # a type error (no fifoq.cancel_deferred(numeric)), not as a FifoqError.
-    calls: list[Callable[[], Awaitable[Any]]] = [
-        lambda: qm.get(execution_id),
-        lambda: qm.complete(execution_id),
-        lambda: qm.cancel(execution_id),
-        lambda: qm.wait_started(execution_id),
-        lambda: qm.complete_many([Outcome(execution_id)]),
-    ]
-    for call in calls:
+    for call in every_call_taking_an_id(qm, execution_id):
         message = await assert_refused(dsn, call, UnknownExecution, str(execution_id))
         assert message == f"unknown execution {execution_id}"
 
@@ -91,13 +91,7 @@ async def test_ids_beyond_bigint_are_unknown_executions_in_every_call(
 async def test_ids_that_are_not_integers_are_refused_by_every_call(
     qm: QueueManager, dsn: str, execution_id: Any
 ) -> None:
-    calls: list[Callable[[], Awaitable[Any]]] = [
-        lambda: qm.get(execution_id),
-        lambda: qm.complete(execution_id),
-        lambda: qm.cancel(execution_id),
-        lambda: qm.wait_started(execution_id),
-    ]
-    for call in calls:
+    for call in every_call_taking_an_id(qm, execution_id):
         await assert_refused(
             dsn, call, InvalidInput, "execution ids are integers", repr(execution_id)
         )
