@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..errors import InvalidPolicy
 from ..validation import check_action, check_policy
 
 if TYPE_CHECKING:
@@ -87,7 +88,25 @@ class App:
         check_action(name)
         if name in self._actions:
             raise ValueError(f"action {name!r} is already registered")
-        if max_concurrent is not None:
+        if max_concurrent is None:
+            given = [
+                arg
+                for arg, value, default in (
+                    ("max_queue_length", max_queue_length, 10_000),
+                    ("queue_timeout", queue_timeout, 3600.0),
+                    ("on_limit", on_limit, "enqueue"),
+                    ("group_by", tuple(group_by), ()),
+                )
+                if value != default
+            ]
+            if given:
+                # Without max_concurrent the worker sets no policy at all, so
+                # these would be dropped without a word.
+                raise InvalidPolicy(
+                    f"invalid policy for action {name!r}: {', '.join(given)} given without "
+                    "max_concurrent (the policy is set only with a limit)"
+                )
+        else:
             check_policy(
                 name,
                 max_concurrent=max_concurrent,

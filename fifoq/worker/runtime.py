@@ -83,10 +83,20 @@ def load_app(spec: str) -> App:
 
 
 def describe_error(exc: BaseException) -> str:
-    """``"TypeName: message"`` (just the type name when the message is empty), storable."""
-    message = str(exc)
+    """``"TypeName: message"`` (just the type name when the message is empty), storable.
+
+    Whatever the exception holds: a ``__str__`` that raises gives a note
+    instead of the message, and NUL and lone surrogates (say, a file name
+    decoded with ``os.fsdecode``), which PostgreSQL text cannot hold, are
+    written as escapes.
+    """
+    try:
+        message = str(exc)
+    except Exception as str_failed:
+        message = f"<the message could not be read: {type(str_failed).__name__}>"
     text = f"{type(exc).__name__}: {message}" if message else type(exc).__name__
-    text = text.replace("\x00", "\\x00")  # PostgreSQL text cannot hold NUL
+    text = text.replace("\x00", "\\x00")
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
     if len(text) > _MAX_ERROR_CHARS:
         text = text[:_MAX_ERROR_CHARS] + "... (truncated)"
     return text
@@ -406,20 +416,42 @@ class Worker:
         _current.set(execution)  # this task's own context: seen by this handler only
         result: Any = None
         error: str | None = None
+        timed_out = (
+            f"TimeoutError: the handler ran longer than its timeout of {spec.timeout:g} s "
+            "and was cancelled"
+            if spec.timeout is not None
+            else ""  # no deadline: never expires
+        )
         try:
             async with asyncio.timeout(spec.timeout) as deadline:
                 result = await spec.handler(execution.payload)
+            if deadline.expired():  # it swallowed the cancellation and returned late
+                result, error = None, timed_out
         except TimeoutError as exc:
-            if deadline.expired():
-                error = (
-                    f"TimeoutError: the handler ran longer than its timeout of {spec.timeout:g} s "
-                    "and was cancelled"
-                )
-            else:
-                error = describe_error(exc)
+            error = timed_out if deadline.expired() else describe_error(exc)
+        except asyncio.CancelledError as exc:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                raise  # this worker stopped it: cancelled, abandoned or shutting down
+            # The handler's own (it awaited a future someone else cancelled):
+            # an outcome like any exception, or its slot would never be freed.
+            error = describe_error(exc)
         except Exception as exc:
             error = describe_error(exc)
             logger.debug("handler of execution %s raised", execution.id, exc_info=True)
+        except BaseException as exc:
+            # SystemExit, KeyboardInterrupt or a BaseException of the
+            # handler's own: this execution fails like any other. Leaving the
+            # task would take the whole worker down without its grace period
+            # (or, for a custom one, leave the execution active for good).
+            error = describe_error(exc)
+            if isinstance(exc, SystemExit | KeyboardInterrupt):
+                logger.warning(
+                    "handler of execution %s raised %s: stopping this worker as on SIGTERM",
+                    execution.id,
+                    type(exc).__name__,
+                )
+                self.stop()
         running.completing = True
         await self._complete(running, result, error)
 
@@ -435,10 +467,12 @@ class Worker:
                 try:
                     done = await complete(Outcome(execution.id, result, error), keep_slot=keep)
                 except InvalidInput as exc:
-                    if error is not None:
-                        raise
-                    # The result cannot be stored (not JSON, too large): fail it, saying why.
-                    error = f"InvalidInput: the handler's result was not stored: {exc}"
+                    # The result (not JSON, too large) or the error text cannot
+                    # be stored: fail it, saying why.
+                    what = "result" if error is None else "error text"
+                    error = describe_error(
+                        InvalidInput(f"the handler's {what} was not stored: {exc}")
+                    )
                     result = None
                     done = await complete(Outcome(execution.id, error=error), keep_slot=keep)
             except InvalidTransition as exc:
