@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
+import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import InvalidPolicy
+from ..models import Policy
 from ..validation import check_action, check_policy
+
+logger = logging.getLogger("fifoq.worker")
 
 if TYPE_CHECKING:
     from ..manager import QueueManager
-    from ..models import Policy
 
 __all__ = ["ActionSpec", "App", "Handler"]
 
@@ -166,21 +170,40 @@ class App:
     async def apply_policies(
         self, qm: QueueManager, actions: Iterable[str] | None = None
     ) -> list[Policy]:
-        """Set the policy of every registered action (or of ``actions``) that declares one."""
+        """Set the policy of every registered action (or of ``actions``) that declares one.
+
+        An action's own policy that differs (set by hand, or by workers of
+        another version of the app) is replaced, with a warning that names
+        the differences: the last worker to start wins.
+        """
         names = self._actions if actions is None else actions
         policies: list[Policy] = []
         for name in names:
             spec = self._actions[name]
             if spec.max_concurrent is None:
                 continue
-            policies.append(
-                await qm.set_policy(
-                    name,
-                    max_concurrent=spec.max_concurrent,
-                    max_queue_length=spec.max_queue_length,
-                    queue_timeout=spec.queue_timeout,
-                    on_limit=spec.on_limit,
-                    group_by=spec.group_by,
-                )
+            before = await qm.get_policy(name)
+            policy = await qm.set_policy(
+                name,
+                max_concurrent=spec.max_concurrent,
+                max_queue_length=spec.max_queue_length,
+                queue_timeout=spec.queue_timeout,
+                on_limit=spec.on_limit,
+                group_by=spec.group_by,
             )
+            if before.action == name and before != policy:
+                differ = [
+                    (field.name, getattr(before, field.name), getattr(policy, field.name))
+                    for field in dataclasses.fields(Policy)
+                ]
+                changes = ", ".join(
+                    f"{k} {old!r} -> {new!r}" for k, old, new in differ if old != new
+                )
+                logger.warning(
+                    "policy of %s replaced by this app's: %s (do all workers of it declare the "
+                    "same policy?)",
+                    name,
+                    changes,
+                )
+            policies.append(policy)
         return policies

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -151,3 +152,20 @@ def test_policy_arguments_without_a_limit_are_refused_not_dropped() -> None:
     with pytest.raises(InvalidPolicy, match="on_limit given without max_concurrent"):
         app.action("wo.reject", on_limit="reject")
     app.action("wo.fine", group_by=("host",), max_concurrent=2)  # with a limit: accepted
+
+
+async def test_a_worker_replacing_a_different_policy_warns_with_the_differences(
+    qm: QueueManager, caplog: pytest.LogCaptureFixture
+) -> None:
+    await qm.set_policy("wo.limits", max_concurrent=2)
+    app = App()
+    app.action("wo.limits", max_concurrent=5)(raise_abort)
+    with caplog.at_level(logging.WARNING, logger="fifoq.worker"):
+        [policy] = await app.apply_policies(qm)
+        assert policy.max_concurrent == 5  # the last worker to start wins
+        await app.apply_policies(qm)  # the same policy again: nothing to say
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == [
+        "policy of wo.limits replaced by this app's: max_concurrent 2 -> 5 "
+        "(do all workers of it declare the same policy?)"
+    ]
