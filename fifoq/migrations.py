@@ -65,16 +65,22 @@ def _prepare_schema(conn: psycopg.Connection[Any]) -> None:
     )
 
 
-def migrate(conninfo: str = "") -> None:
-    """Apply every pending migration (idempotent). Empty conninfo uses the PG* variables."""
+def migrate(conninfo: str = "") -> list[str]:
+    """Apply every pending migration (idempotent). Empty conninfo uses the PG* variables.
+
+    Returns the names of the migrations this call applied, as found under the
+    lock: a concurrent run that got there first leaves this one nothing.
+    """
     with psycopg.connect(conninfo, autocommit=True) as guard:
         guard.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATE_LOCK)
         # Under the lock: two concurrent CREATE SCHEMA IF NOT EXISTS can both
         # miss the other's schema, and one then fails on a unique violation.
         _prepare_schema(guard)
         with _yoyo_session(conninfo) as (backend, migrations):
-            backend.apply_migrations(backend.to_apply(migrations))
+            todo = backend.to_apply(migrations)
+            backend.apply_migrations(todo)
         _describe_bookkeeping(guard)
+    return [m.id for m in todo]
 
 
 @contextlib.contextmanager
@@ -116,18 +122,24 @@ def _describe_bookkeeping(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def rollback(conninfo: str = "") -> None:
-    """Revert every applied migration and drop the (then empty) fifoq schema."""
+def rollback(conninfo: str = "") -> list[str] | None:
+    """Revert every applied migration and drop the (then empty) fifoq schema.
+
+    Returns the names of the migrations reverted, newest first; None when
+    there was no fifoq schema to begin with.
+    """
     with psycopg.connect(conninfo, autocommit=True) as guard:
         exists = guard.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)
         ).fetchone()
         if not exists:
-            return
+            return None
         guard.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATE_LOCK)
         with _yoyo_session(conninfo) as (backend, migrations):
-            backend.rollback_migrations(backend.to_rollback(migrations))
+            todo = backend.to_rollback(migrations)
+            backend.rollback_migrations(todo)
         guard.execute(sql.SQL("DROP SCHEMA {} CASCADE").format(sql.Identifier(SCHEMA)))
+    return [m.id for m in todo]
 
 
 def pending_sql(conninfo: str = "", *, rollback: bool = False) -> str:

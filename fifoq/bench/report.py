@@ -270,7 +270,11 @@ def print_report(console: Console, results: Results) -> None:
     if results.handoff is not None:
         h = results.handoff
         latency.add_row(
-            "hand-off: commit -> next waiter returns", *_ms(h.latency), str(h.latency.n)
+            "hand-off: commit -> next waiter returns"
+            if h.from_commit
+            else "hand-off: started_at (no commit timestamps) -> waiter returns",
+            *_ms(h.latency),
+            str(h.latency.n),
         )
         latency.add_row(
             "hand-off: started_at -> waiter returns", *_ms(h.from_started_at), str(h.rounds)
@@ -279,7 +283,13 @@ def print_report(console: Console, results: Results) -> None:
         c = results.cancel
         latency.add_row("cancel: server side", *_ms(c.server), str(c.server.n))
         latency.add_row("cancel: client round trip", *_ms(c.round_trip), str(c.round_trip.n))
-        latency.add_row("cancel: commit -> waiter raises", *_ms(c.waiter), str(c.waiter.n))
+        latency.add_row(
+            "cancel: commit -> waiter raises"
+            if c.waiter_from_commit
+            else "cancel: finished_at (no commit timestamps) -> waiter raises",
+            *_ms(c.waiter),
+            str(c.waiter.n),
+        )
     if results.stats is not None:
         s = results.stats
         latency.add_row(

@@ -41,6 +41,44 @@ STORAGE_BATCH = 10_000
 MAX_PROCESSES = 64
 
 
+# What matplotlib's Agg backend (the one write_plot uses) can write.
+PLOT_FORMATS = frozenset(
+    [
+        "eps",
+        "jpeg",
+        "jpg",
+        "pdf",
+        "pgf",
+        "png",
+        "ps",
+        "raw",
+        "rgba",
+        "svg",
+        "svgz",
+        "tif",
+        "tiff",
+        "webp",
+    ]
+)
+
+
+def _check_writable(option: str, path: Path) -> None:
+    """Raise BenchUsageError unless ``path`` can be written (its folder exists and is writable)."""
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise BenchUsageError(f"{option}: {path} is a folder; give a file name")
+    if not folder.is_dir():
+        raise BenchUsageError(f"{option}: folder {folder} does not exist")
+    existed = path.exists()
+    try:
+        with path.open("a"):  # the one sure test: open it for writing, as the end of the run will
+            pass
+    except OSError as exc:
+        raise BenchUsageError(f"{option}: cannot write {path} ({exc.strerror})") from None
+    if not existed:
+        path.unlink()
+
+
 class BenchUsageError(ValueError):
     """A bad command-line value for `fifoq bench`."""
 
@@ -152,6 +190,16 @@ class BenchOptions:
             chosen = tuple(w for w in WORKLOADS if w in names)
         if repeat < 1:
             raise BenchUsageError(f"--repeat must be at least 1, got {repeat}")
+        # Checked now, not after a run of many minutes whose figures would
+        # then have nowhere to go.
+        for option, path in (("--json", json_file), ("--plot", plot)):
+            if path is not None:
+                _check_writable(option, path)
+        if plot is not None and plot.suffix.lower().lstrip(".") not in PLOT_FORMATS:
+            raise BenchUsageError(
+                f"--plot: cannot draw a {plot.suffix or 'file without a suffix'!r}; name the file "
+                f"with one of .{', .'.join(sorted(PLOT_FORMATS))}"
+            )
         if dsn is not None and not dsn.strip():
             dsn = None
         settings: list[tuple[str, str]] = []

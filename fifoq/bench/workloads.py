@@ -156,6 +156,9 @@ class HandoffResult:
     method: str
     latency: Distribution
     from_started_at: Distribution  # same, measured from the admission's started_at
+    # latency is from the commit (track_commit_timestamp on), else it is the
+    # same as from_started_at.
+    from_commit: bool
     clock_offset_ms: float
     clock_uncertainty_ms: float
 
@@ -169,6 +172,7 @@ class CancelResult:
     server: Distribution
     round_trip: Distribution
     waiter: Distribution
+    waiter_from_commit: bool  # else from the cancel's finished_at (no commit timestamps)
 
 
 @dataclass
@@ -458,12 +462,12 @@ async def _track_commit_timestamp(conn: psycopg.AsyncConnection[Any]) -> bool:
     return row is not None and row[0] == "on"
 
 
-def _method(have_commit_ts: bool, event: str) -> str:
+def _method(have_commit_ts: bool, event: str, fallback: str) -> str:
     reference = (
         "the commit timestamp of the transaction (pg_xact_commit_timestamp)"
         if have_commit_ts
-        else "the admission's started_at (clock_timestamp() inside the transaction, before "
-        "its commit; track_commit_timestamp is off)"
+        else f"{fallback} (clock_timestamp() inside the transaction, before its commit; "
+        "track_commit_timestamp is off)"
     )
     return (
         f"from {reference} to the waiter's time.time() when {event}, in another process; "
@@ -520,7 +524,8 @@ async def run_handoff(server: BenchServer, *, rounds: int, step: Step) -> Handof
             from_started.append(returned[nxt] - started)
     return HandoffResult(
         rounds=rounds,
-        method=_method(have_commit_ts, "wait_started returned"),
+        method=_method(have_commit_ts, "wait_started returned", "the admission's started_at"),
+        from_commit=have_commit_ts,
         latency=Distribution.of(from_commit if have_commit_ts else from_started),
         from_started_at=Distribution.of(from_started),
         clock_offset_ms=offset * 1000,
@@ -578,10 +583,11 @@ async def run_cancel(server: BenchServer, *, rounds: int, step: Step) -> CancelR
         rounds=rounds,
         method="server: EXPLAIN (ANALYZE) Execution Time of SELECT fifoq.cancel_deferred(id); "
         "round trip: that statement and the flush after it, seen by the client; waiter: "
-        + _method(have_commit_ts, "ExecutionCancelled was raised"),
+        + _method(have_commit_ts, "ExecutionCancelled was raised", "the cancel's finished_at"),
         server=Distribution.of(server_s),
         round_trip=Distribution.of(round_trip_s),
         waiter=Distribution.of(waiter_s),
+        waiter_from_commit=have_commit_ts,
     )
 
 

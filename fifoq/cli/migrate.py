@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 import typer
@@ -22,11 +21,6 @@ _REVIEW_HEADER = (
     "-- command to do it: it records each migration in fifoq._yoyo_migration and holds\n"
     "-- the locks that keep concurrent runs apart; this text run by psql would not.\n"
 )
-_FILE_HEADER = re.compile(r"^-- (\S+\.sql)$", re.MULTILINE)
-
-
-def _names(sql_text: str) -> list[str]:
-    return [name.removesuffix(".sql") for name in _FILE_HEADER.findall(sql_text)]
 
 
 def migrate(
@@ -51,8 +45,8 @@ def migrate(
     """Apply the pending schema migrations (idempotent; safe to run from many hosts at once)."""
     conninfo = connection_string(dsn)
     with errors_handled(debug, conninfo):
-        todo = pending_sql(conninfo, rollback=rollback)
         if sql:
+            todo = pending_sql(conninfo, rollback=rollback)
             if todo:
                 command = "fifoq migrate --rollback" if rollback else "fifoq migrate"
                 verb = "roll back" if rollback else "apply"
@@ -61,15 +55,21 @@ def migrate(
             else:
                 typer.echo("-- nothing to do", err=True)
             return
-        names = _names(todo)
+        # What each run did, as found under the migration lock: of several
+        # concurrent runs, one applies and the others find nothing to do.
         if rollback:
-            rollback_migrations(conninfo)
-            reverted = ", ".join(names) or "none applied"
-            typer.echo(f"rolled back {len(names)} migration(s) ({reverted}); schema fifoq dropped")
+            reverted = rollback_migrations(conninfo)
+            if reverted is None:
+                typer.echo("nothing to roll back: there is no schema fifoq")
+            else:
+                listed = ", ".join(reverted) or "none applied"
+                typer.echo(
+                    f"rolled back {len(reverted)} migration(s) ({listed}); schema fifoq dropped"
+                )
         else:
-            apply_migrations(conninfo)
-            if names:
-                typer.echo(f"applied {len(names)} migration(s): {', '.join(names)}")
+            applied = apply_migrations(conninfo)
+            if applied:
+                typer.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
             else:
                 typer.echo("schema fifoq is up to date")
 

@@ -112,12 +112,13 @@ def test_migrate_is_idempotent_and_keeps_data(empty_dsn: str) -> None:
     assert row == (2,)
 
 
-def test_concurrent_migrations_both_succeed(empty_dsn: str) -> None:
+def test_concurrent_migrations_both_succeed_and_one_applies(empty_dsn: str) -> None:
     errors: list[BaseException] = []
+    applied: list[list[str]] = []
 
     def run() -> None:
         try:
-            fifoq.migrate(empty_dsn)
+            applied.append(fifoq.migrate(empty_dsn))
         except BaseException as exc:
             errors.append(exc)
 
@@ -128,6 +129,14 @@ def test_concurrent_migrations_both_succeed(empty_dsn: str) -> None:
         thread.join(60)
     assert not errors
     asyncio.run(works(empty_dsn))
+    # Each run reports what it did under the lock: one applied all, two none.
+    every = sorted(
+        p.stem for p in migrations_dir().glob("*.sql") if not p.name.endswith(".rollback.sql")
+    )
+    assert sorted(applied, key=len) == [[], [], every]
+    reverted = fifoq.rollback(empty_dsn)
+    assert reverted == list(reversed(every))
+    assert fifoq.rollback(empty_dsn) is None  # no schema left: nothing to roll back
 
 
 def file_headers(text: str) -> list[str]:

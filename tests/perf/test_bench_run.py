@@ -65,6 +65,13 @@ def test_quick_bench_runs_end_to_end(admin_dsn: str, tmp_path: Path) -> None:
     assert figures["stats"]["history_rows"] == figures["options"]["sizes"]["stats_history"]
     assert 50 < figures["storage"]["bytes_per_execution"] < 10_000
     assert {t["name"] for t in figures["targets"]} >= {"hand-off p99", "refresh_stats (median)"}
+    # The latency rows name what they are measured from: the commit only
+    # where the server keeps commit timestamps.
+    if figures["handoff"]["from_commit"]:
+        assert "hand-off: commit -> next waiter returns" in done.stdout
+    else:
+        assert "hand-off: started_at (no commit timestamps) -> waiter returns" in done.stdout
+        assert "cancel: finished_at (no commit timestamps) -> waiter raises" in done.stdout
     # The table at the end names the targets.
     assert "Targets" in done.stdout
     # Every scratch database was dropped again.
@@ -165,6 +172,10 @@ def test_a_violation_fails_the_run_loudly(
         ({"repeat": 0}, "--repeat must be at least 1"),
         ({"server_settings": ["fsync"]}, "NAME=VALUE"),
         ({"server_settings": ["fsync=off"], "dsn": "host=x"}, "embedded server only"),
+        # Output paths are checked before the run, not after minutes of it.
+        ({"json_file": Path("/no/such/folder/b.json")}, "--json: folder /no/such/folder does"),
+        ({"plot": Path("/tmp/bench.txt")}, "--plot: cannot draw a '.txt'"),
+        ({"plot": Path("/tmp")}, "--plot: /tmp is a folder"),
     ],
 )
 def test_bad_options_are_refused_with_a_clear_message(
