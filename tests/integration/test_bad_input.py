@@ -327,7 +327,7 @@ async def test_group_from_a_payload_value_with_control_characters_is_refused(
     )
     assert "\n" not in message
     # A format character, named with its position as Python names a bad --group.
-    message = await assert_refused(
+    await assert_refused(
         dsn,
         lambda: qm.enqueue("bad.derived", {"host": "zero\u200bwidth"}),
         InvalidInput,
