@@ -102,6 +102,8 @@ class QueueManager:
         self._stop = asyncio.Event()
         self._callbacks: dict[int, list[StatusCallback]] = {}
         self._early: OrderedDict[int, tuple[Status, datetime | None]] = OrderedDict()
+        # Cancels of executions whose waiter was cancelled, still running.
+        self._cleanups: set[asyncio.Task[None]] = set()
         self._closed = True
 
     # -- lifecycle ---------------------------------------------------------
@@ -201,6 +203,10 @@ class QueueManager:
         if self._closed:
             return
         self._closed = True
+        # Cancels that cancelled waiters left running finish first: they are
+        # short, and unregistering would abandon those executions anyway.
+        if self._cleanups:
+            await asyncio.wait(set(self._cleanups), timeout=_CLOSE_TIMEOUT)
         # Let the maintenance pass finish its statement rather than cancel it
         # mid-query (a cancelled query can leave its pooled connection broken).
         self._stop.set()
@@ -674,7 +680,7 @@ class QueueManager:
         except asyncio.CancelledError:
             # The caller gave up (task cancelled) at any await above: do not
             # leave an owned execution behind to take a slot nobody will use.
-            await asyncio.shield(self._cancel_quietly(execution.id))
+            self._clean_up(self._cancel_quietly(execution.id))
             raise
         finally:
             unsubscribe()
@@ -689,17 +695,29 @@ class QueueManager:
     async def _owned(self, statement: Coroutine[Any, Any, Execution]) -> Execution:
         """Await a statement that makes this executor an execution's owner.
 
-        If the caller is cancelled meanwhile, the statement still runs to its
-        end (it may have committed already), and the execution it returns is
-        then cancelled: otherwise it would hold, or later take, a slot for a
-        waiter that has gone, until this executor closes.
+        If the caller is cancelled meanwhile, it leaves at once; the statement
+        still runs to its end (it may have committed already), and the
+        execution it returns is then cancelled, in the background: otherwise
+        it would hold, or later take, a slot for a waiter that has gone, until
+        this executor closes.
         """
         task = asyncio.ensure_future(statement)
         try:
             return await asyncio.shield(task)
         except asyncio.CancelledError:
-            await asyncio.shield(self._cancel_when_done(task))
+            self._clean_up(self._cancel_when_done(task))
             raise
+
+    def _clean_up(self, cleanup: Coroutine[Any, Any, None]) -> None:
+        """Run ``cleanup`` in the background, so that a cancelled caller leaves at once.
+
+        The statements it waits for may wait themselves (for a queue lock a
+        client transaction holds), and a caller that gave up, say at the end
+        of ``asyncio.wait_for``, must not wait for them. ``close`` waits.
+        """
+        task = asyncio.create_task(cleanup, name="fifoq-cancel-after-waiter-left")
+        self._cleanups.add(task)
+        task.add_done_callback(self._cleanups.discard)
 
     async def _cancel_when_done(self, statement: asyncio.Future[Execution]) -> None:
         try:

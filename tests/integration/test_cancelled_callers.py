@@ -61,9 +61,17 @@ async def cancel_in_the_flush(
     task = asyncio.create_task(call())
     await wait_until(lambda: flush_waits_at_the_gate(dsn), message="flush held at the gate")
     task.cancel()
-    await gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+    # The caller leaves at once, though its statement still waits at the gate.
     with pytest.raises(asyncio.CancelledError):
-        await task
+        await asyncio.wait_for(task, timeout=5)
+    await gate.execute("SELECT pg_advisory_unlock(%s)", (GATE,))
+
+
+async def status_becomes(qm: QueueManager, execution_id: int, status: Status) -> None:
+    async def reached() -> bool:
+        return (await qm.get(execution_id)).status is status
+
+    await wait_until(reached, message=f"execution {execution_id} {status}")
 
 
 async def test_cancelled_enqueue_and_wait_gives_its_slot_back(
@@ -73,7 +81,7 @@ async def test_cancelled_enqueue_and_wait_gives_its_slot_back(
     # The enqueue commits (admitted at once, owned by qm), then its flush waits.
     await cancel_in_the_flush(dsn, gate, lambda: qm.enqueue_and_wait("cc.enqueue"))
     [row] = await fetch_rows(dsn, "cc.enqueue")
-    assert row.status == "cancelled"
+    await status_becomes(qm, row.id, Status.CANCELLED)
     # The slot is free: the next one starts at once.
     assert (await qm.enqueue("cc.enqueue")).status is Status.ACTIVE
 
@@ -90,5 +98,32 @@ async def test_cancelled_wait_started_gives_its_slot_back(
     execution_id = int(row[0])
     # wait_started takes ownership (committed), then its flush waits.
     await cancel_in_the_flush(dsn, gate, lambda: qm.wait_started(execution_id))
-    assert (await qm.get(execution_id)).status is Status.CANCELLED
+    await status_becomes(qm, execution_id, Status.CANCELLED)
     assert (await qm.enqueue("cc.watch")).status is Status.ACTIVE
+
+
+async def test_a_caller_timing_out_behind_a_held_queue_lock_leaves_at_once(
+    qm: QueueManager, dsn: str
+) -> None:
+    # A client transaction holds the queue's lock (an enqueue joined to it),
+    # so our enqueue statement waits for the lock.
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await holder.execute("SELECT fifoq.enqueue('cc.locked')")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(6):  # ends a caller stuck until the lock is free
+                await asyncio.wait_for(qm.enqueue_and_wait("cc.locked"), timeout=0.3)
+        # wait_for returned while the lock is still held: it did not wait for
+        # the statement (or the cancel after it) to get the lock.
+        assert loop.time() - started < 3
+        await holder.commit()
+    # Once the lock is free, the enqueue commits and is cancelled after it.
+    rows = await wait_until(
+        lambda: rows_with_status(dsn, "cc.locked", "cancelled"), message="our enqueue cancelled"
+    )
+    assert len(rows) == 1
+
+
+async def rows_with_status(dsn: str, action: str, status: str) -> list[Any]:
+    return [r for r in await fetch_rows(dsn, action) if r.status == status]
