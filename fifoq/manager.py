@@ -83,6 +83,7 @@ class QueueManager:
         lease: float = 5.0,
         poll_interval: float = 0.5,
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
+        register_executor: bool = True,
     ) -> None:
         if not lease > 0:
             raise ValueError(f"lease must be positive, got {lease!r}")
@@ -96,6 +97,7 @@ class QueueManager:
         self.lease = lease
         self.poll_interval = poll_interval
         self.max_payload_bytes = max_payload_bytes
+        self.register_executor = register_executor
         self.executor_id: int = 0
         self._listener: Listener | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -121,12 +123,20 @@ class QueueManager:
         max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
         min_size: int = 1,
         max_size: int = 10,
+        register_executor: bool = True,
     ) -> AsyncIterator[QueueManager]:
         """Connect an executor; the connection pool and executor are closed on exit.
 
         An empty ``conninfo`` uses the libpq ``PG*`` environment variables. With
         ``pool`` the given psycopg-pool ``AsyncConnectionPool`` is used (and not
         closed); its conninfo also serves the LISTEN connection.
+
+        ``register_executor=False`` connects a plain client: no executor row,
+        no LISTEN connection, no heartbeat or maintenance. It can read, set
+        policies, enqueue, complete, cancel and purge; the calls that wait for
+        or own executions (``enqueue_and_wait``, ``wait_started``, ``claim``,
+        ``complete_and_claim``) raise ``FifoqError``. The CLI's one-shot
+        commands use it, so they leave nothing behind in ``fifoq.executors``.
         """
         own_pool = pool is None
         if pool is None:
@@ -145,6 +155,7 @@ class QueueManager:
             lease=lease,
             poll_interval=poll_interval,
             max_payload_bytes=max_payload_bytes,
+            register_executor=register_executor,
         )
         await qm.open()
         try:
@@ -162,6 +173,9 @@ class QueueManager:
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
             await probe.close()
             await self._pool.open(wait=True)
+        if not self.register_executor:
+            self._closed = False
+            return
         try:
             self.executor_id = await self._register()
             conninfo, kwargs = await self._listener_params()
@@ -207,6 +221,12 @@ class QueueManager:
         # short, and unregistering would abandon those executions anyway.
         if self._cleanups:
             await asyncio.wait(set(self._cleanups), timeout=_CLOSE_TIMEOUT)
+        if self.register_executor:
+            await self._end_executor()
+        if self._own_pool:
+            await self._pool.close(timeout=_CLOSE_TIMEOUT)
+
+    async def _end_executor(self) -> None:
         # Let the maintenance pass finish its statement rather than cancel it
         # mid-query (a cancelled query can leave its pooled connection broken).
         self._stop.set()
@@ -226,8 +246,6 @@ class QueueManager:
             logger.warning("could not unregister executor %s: %r", self.executor_id, exc)
         for execution_id in list(self._callbacks):
             self._on_status(execution_id, Status.ABANDONED, None)
-        if self._own_pool:
-            await self._pool.close(timeout=_CLOSE_TIMEOUT)
         logger.info("executor %s (%s) closed", self.executor_id, self.name)
 
     @property
@@ -308,7 +326,7 @@ class QueueManager:
         timeout: float | None = None,
     ) -> Execution:
         """Enqueue an execution owned by this executor and wait until it is active."""
-        self._check_open()
+        self._check_executor()
         execution = await self._owned(
             self._enqueue(action, payload, group=group, owner=self.executor_id)
         )
@@ -323,7 +341,7 @@ class QueueManager:
         marked ``timed_out`` unless it started meanwhile), ``ExecutionCancelled``
         or ``ExecutionAbandoned``.
         """
-        self._check_open()
+        self._check_executor()
         execution_id = check_execution_id(execution_id)
         # A notification that arrives between this call and the subscription
         # in _wait is kept in self._early, so it cannot be missed.
@@ -370,7 +388,7 @@ class QueueManager:
         and nobody else is woken for them. Returns (completed, claimed), the
         claimed in seq order.
         """
-        self._check_open()
+        self._check_executor()
         return await self._complete_many(
             outcomes, claim_actions=None if actions is None else list(actions), claim_limit=limit
         )
@@ -446,7 +464,7 @@ class QueueManager:
 
         ``actions`` None takes any action's; an empty list takes nothing.
         """
-        self._check_open()
+        self._check_executor()
         rows = await self._execute(
             query("claim"),
             {
@@ -476,6 +494,7 @@ class QueueManager:
 
     def listen_for_work(self, callback: Callable[[str], None]) -> None:
         """Call ``callback(action)`` whenever an execution nobody owns is admitted (workers)."""
+        self._check_executor()
         assert self._listener is not None
         self._listener.listen_for_work(callback)
 
@@ -615,6 +634,14 @@ class QueueManager:
     def _check_open(self) -> None:
         if self._closed:
             raise FifoqError("this QueueManager is closed")
+
+    def _check_executor(self) -> None:
+        self._check_open()
+        if not self.register_executor:
+            raise FifoqError(
+                "this QueueManager was connected with register_executor=False: it cannot wait "
+                "for or own executions"
+            )
 
     async def _enqueue(
         self,

@@ -120,11 +120,21 @@ async def check_reachable(dsn: str) -> None:
 
 
 @contextlib.asynccontextmanager
-async def connect(dsn: str, purpose: str) -> AsyncIterator[QueueManager]:
-    """A QueueManager for one command, after a fail-fast connection check."""
+async def connect(dsn: str, purpose: str, *, executor: bool = False) -> AsyncIterator[QueueManager]:
+    """A QueueManager for one command, after a fail-fast connection check.
+
+    A plain client unless ``executor``: a one-shot command leaves no row in
+    fifoq.executors. One that waits (``enqueue --wait``) registers, so that
+    while it waits the database's deadlines are enforced even with no
+    worker connected (every executor offers to run fifoq.maintain).
+    """
     await check_reachable(dsn)
     async with QueueManager.connect(
-        dsn, name=f"fifoq-cli {purpose} pid {os.getpid()}", min_size=1, max_size=2
+        dsn,
+        name=f"fifoq-cli {purpose} pid {os.getpid()}",
+        min_size=1,
+        max_size=2,
+        register_executor=executor,
     ) as qm:
         yield qm
 

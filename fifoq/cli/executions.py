@@ -133,7 +133,7 @@ def enqueue(
         return
 
     async def go() -> Execution:
-        async with connect(conninfo, "enqueue") as qm:
+        async with connect(conninfo, "enqueue", executor=wait) as qm:
             execution = await qm.enqueue(action, value, group=group)
             if wait:
                 if not quiet and not as_json and execution.status is Status.QUEUED:

@@ -345,6 +345,12 @@ def test_runtime_errors_exit_1_with_one_line_and_traceback_only_with_debug(dsn: 
     unknown = run_cli("complete", "999999", "--dsn", dsn)
     assert unknown.returncode == 1
     assert one_line_error(unknown) == "fifoq: error: unknown execution 999999"
+    # A refused command changed nothing, not even fifoq.executors: one-shot
+    # commands connect as plain clients.
+    assert run_cli("get", "999999", "--dsn", dsn).returncode == 1
+    assert run_cli("stats", "--dsn", dsn).returncode == 0
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM fifoq.executors").fetchone() == (0,)
     debug = run_cli("complete", "999999", "--dsn", dsn, "--debug")
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "UnknownExecution" in debug.stderr

@@ -8,7 +8,7 @@ import psycopg
 import pytest
 from helpers import fetch_rows, wait_until
 
-from fifoq import Execution, ExecutionAbandoned, QueueManager, Status
+from fifoq import Execution, ExecutionAbandoned, FifoqError, QueueManager, Status
 
 
 async def test_an_execution_carries_its_fields_through_its_life(qm: QueueManager) -> None:
@@ -116,3 +116,31 @@ async def test_a_waiter_woken_by_its_executors_reaping_can_call_again_at_once(
     carried_on = await task
     assert carried_on.status is Status.ACTIVE
     assert carried_on.owner == qm.executor_id != reaped_id
+
+
+async def test_a_client_without_an_executor_works_and_leaves_no_executor_row(dsn: str) -> None:
+    async def executors() -> int:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            row = await (await conn.execute("SELECT count(*) FROM fifoq.executors")).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async with QueueManager.connect(dsn, register_executor=False) as client:
+        await client.set_policy("api.client", max_concurrent=1)
+        first = await client.enqueue("api.client", {"n": 1})
+        second = await client.enqueue("api.client", {"n": 2})
+        assert (first.status, second.status) == (Status.ACTIVE, Status.QUEUED)
+        await client.complete(first.id, result="done")
+        assert (await client.get(second.id)).status is Status.ACTIVE  # the slot moved on
+        assert await client.cancel(second.id)
+        assert (await client.stats("api.client")).total_cancelled == 1
+        # What needs an executor is refused, and says why.
+        for call in (
+            lambda: client.enqueue_and_wait("api.client"),
+            lambda: client.wait_started(first.id),
+            lambda: client.claim(None, 1),
+        ):
+            with pytest.raises(FifoqError, match="register_executor=False"):
+                await call()
+        assert await executors() == 0
+    assert await executors() == 0
