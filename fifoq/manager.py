@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import socket
+import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
@@ -57,6 +58,11 @@ _counter = itertools.count(1)
 _CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
 _CLOSE_TIMEOUT = 5.0  # seconds each step of close() may take
+# How long a call goes on retrying on fresh pooled connections while the
+# ones it gets were lost. Counted in time, not attempts: back-to-back server
+# restarts (or a pool refilled just before a shutdown) can cost one call more
+# dead connections than the pool holds.
+_LOST_CONNECTION_RETRY_SECONDS = 30.0
 
 
 def _being_cancelled() -> bool:
@@ -890,7 +896,8 @@ class QueueManager:
                 async with conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(sql_text, params)
                     return await cur.fetchall()
-            for attempt in itertools.count():
+            give_up_at = time.monotonic() + _LOST_CONNECTION_RETRY_SECONDS
+            while True:
                 pooled: psycopg.AsyncConnection[Any] | None = None
                 flush_error: psycopg.Error | None = None
                 try:
@@ -911,12 +918,12 @@ class QueueManager:
                     # A pooled connection that died (server restart,
                     # pg_terminate_backend) before the statement committed:
                     # try again on another one. The pool discards broken ones;
-                    # after a restart every idle one may be dead, hence up to
-                    # max_size + 1 attempts.
+                    # after a restart every idle one may be dead, and the pool
+                    # waits for the server while it reconnects.
                     lost = pooled is not None and (
                         pooled.broken or exc.sqlstate in _CONNECTION_ENDED
                     )
-                    if attempt >= self._pool.max_size or not lost or _being_cancelled():
+                    if time.monotonic() >= give_up_at or not lost or _being_cancelled():
                         raise
                     logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
                     continue
@@ -942,7 +949,8 @@ class QueueManager:
         change that did not happen.
         """
         logger.info("connection lost during a flush (%s); flushing elsewhere", cause)
-        for attempt in itertools.count():
+        give_up_at = time.monotonic() + _LOST_CONNECTION_RETRY_SECONDS
+        while True:
             try:
                 async with self._pool.connection() as pooled, _autocommit(pooled):
                     await pooled.execute(query("flush"))
@@ -955,7 +963,7 @@ class QueueManager:
                             ) from cause
                 return
             except psycopg.OperationalError:
-                if attempt >= self._pool.max_size or _being_cancelled():
+                if time.monotonic() >= give_up_at or _being_cancelled():
                     raise
 
 
