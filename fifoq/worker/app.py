@@ -93,15 +93,16 @@ class App:
         if name in self._actions:
             raise ValueError(f"action {name!r} is already registered")
         if max_concurrent is None:
+            defaults = inspect.signature(App.action).parameters
             given = [
                 arg
-                for arg, value, default in (
-                    ("max_queue_length", max_queue_length, 10_000),
-                    ("queue_timeout", queue_timeout, 3600.0),
-                    ("on_limit", on_limit, "enqueue"),
-                    ("group_by", tuple(group_by), ()),
+                for arg, value in (
+                    ("max_queue_length", max_queue_length),
+                    ("queue_timeout", queue_timeout),
+                    ("on_limit", on_limit),
+                    ("group_by", tuple(group_by)),
                 )
-                if value != default
+                if value != defaults[arg].default
             ]
             if given:
                 # Without max_concurrent the worker sets no policy at all, so

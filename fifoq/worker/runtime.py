@@ -102,6 +102,14 @@ def describe_error(exc: BaseException) -> str:
     return text
 
 
+def _timed_out(spec: ActionSpec) -> str:
+    """The error of an execution whose handler ran past its action's timeout."""
+    return (
+        f"TimeoutError: the handler ran longer than its timeout of {spec.timeout:g} s "
+        "and was cancelled"
+    )
+
+
 @dataclass(eq=False)
 class _Running:
     """One execution this worker is running."""
@@ -416,19 +424,13 @@ class Worker:
         _current.set(execution)  # this task's own context: seen by this handler only
         result: Any = None
         error: str | None = None
-        timed_out = (
-            f"TimeoutError: the handler ran longer than its timeout of {spec.timeout:g} s "
-            "and was cancelled"
-            if spec.timeout is not None
-            else ""  # no deadline: never expires
-        )
         try:
             async with asyncio.timeout(spec.timeout) as deadline:
                 result = await spec.handler(execution.payload)
             if deadline.expired():  # it swallowed the cancellation and returned late
-                result, error = None, timed_out
+                result, error = None, _timed_out(spec)
         except TimeoutError as exc:
-            error = timed_out if deadline.expired() else describe_error(exc)
+            error = _timed_out(spec) if deadline.expired() else describe_error(exc)
         except asyncio.CancelledError as exc:
             task = asyncio.current_task()
             if task is not None and task.cancelling():
