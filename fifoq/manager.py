@@ -11,15 +11,13 @@ import logging
 import math
 import os
 import socket
-import time
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any, LiteralString
+from typing import Any
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import (
@@ -30,13 +28,14 @@ from .errors import (
     InvalidTransition,
     QueueTimeout,
     UnknownExecution,
-    wrap_database_errors,
 )
 from .listener import Listener
 from .models import Execution, Outcome, Policy, Purged, QueueStats, Status
 from .queries import query
+from .statements import Change, Statements, being_cancelled, changed_rows
 from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    as_list,
     check_action,
     check_batch_size,
     check_error_text,
@@ -53,22 +52,8 @@ logger = logging.getLogger("fifoq")
 StatusCallback = Callable[[Status, datetime | None], None]
 
 _counter = itertools.count(1)
-# The server ended the session before the statement finished (so it did not
-# commit): admin_shutdown (pg_terminate_backend), crash_shutdown, cannot_connect_now.
-_CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
 _CLOSE_TIMEOUT = 5.0  # seconds each step of close() may take
-# How long a call goes on retrying on fresh pooled connections while the
-# ones it gets were lost. Counted in time, not attempts: back-to-back server
-# restarts (or a pool refilled just before a shutdown) can cost one call more
-# dead connections than the pool holds.
-_LOST_CONNECTION_RETRY_SECONDS = 30.0
-
-
-def _being_cancelled() -> bool:
-    """True when the running task has a cancellation pending (never retry then)."""
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 class QueueManager:
@@ -98,6 +83,7 @@ class QueueManager:
                 f"poll_interval must be positive and at most lease / 2, got {poll_interval!r}"
             )
         self._pool = pool
+        self._db = Statements(pool)
         self._own_pool = own_pool
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{next(_counter)}"
         self.lease = lease
@@ -246,7 +232,7 @@ class QueueManager:
             await self._listener.stop()
         try:
             async with asyncio.timeout(_CLOSE_TIMEOUT):
-                await self._fetchone(query("unregister_executor"), {"executor": self.executor_id})
+                await self._db.one(query("unregister_executor"), {"executor": self.executor_id})
         except (psycopg.Error, FifoqError, TimeoutError) as exc:
             # The others reap it when its lease runs out.
             logger.warning("could not unregister executor %s: %r", self.executor_id, exc)
@@ -299,7 +285,7 @@ class QueueManager:
         ``payloads``. ``conn`` works as for :meth:`enqueue`.
         """
         check_action(action)
-        values = _as_list(payloads, what="payloads", item="payloads")
+        values = as_list(payloads, what="payloads", item="payloads")
         check_batch_size(len(values), what="payloads")
         params = {
             "action": action,
@@ -313,11 +299,9 @@ class QueueManager:
         if not values:
             return []
         if conn is not None:
-            rows = await self._execute(query("enqueue_many"), params, conn=conn)
+            rows = await self._db.rows(query("enqueue_many"), params, conn=conn)
         else:
-            rows = await self._execute(
-                query("enqueue_many_deferred"), params, changed=_changed_rows
-            )
+            rows = await self._db.rows(query("enqueue_many_deferred"), params, changed=changed_rows)
         return [
             dataclasses.replace(Execution.from_row(row), payload=payload)
             for row, payload in zip(rows, values, strict=True)
@@ -364,7 +348,7 @@ class QueueManager:
         """
         execution_id = check_execution_id(execution_id)
         result_json = to_json(result, what="result", limit=self.max_payload_bytes)
-        row = await self._change_one(
+        row = await self._db.change_one(
             query("complete"),
             {"id": execution_id, "result": result_json, "error": check_error_text(error)},
         )
@@ -402,7 +386,7 @@ class QueueManager:
     async def _complete_many(
         self, outcomes: Iterable[Outcome], *, claim_actions: list[str] | None, claim_limit: int
     ) -> tuple[list[Execution], list[Execution]]:
-        items = _as_list(outcomes, what="outcomes", item="fifoq.Outcome items")
+        items = as_list(outcomes, what="outcomes", item="fifoq.Outcome items")
         check_batch_size(len(items), what="outcomes")
         ids: list[int] = []
         results: list[str | None] = []
@@ -426,7 +410,7 @@ class QueueManager:
             seen.add(execution_id)
         if not items:
             return [], []
-        rows = await self._execute(
+        rows = await self._db.rows(
             query("complete_many"),
             {
                 "ids": ids,
@@ -436,7 +420,7 @@ class QueueManager:
                 "actions": claim_actions,
                 "limit": max(claim_limit, 0),
             },
-            changed=_changed_rows,
+            changed=changed_rows,
         )
         executions = [Execution.from_row(row) for row in rows]
         return executions[: len(items)], executions[len(items) :]
@@ -448,7 +432,7 @@ class QueueManager:
         slot goes to the next in line.
         """
         execution_id = check_execution_id(execution_id)
-        rows = await self._execute(
+        rows = await self._db.rows(
             query("cancel"),
             {"id": execution_id},
             changed=lambda rows: (
@@ -460,7 +444,7 @@ class QueueManager:
     async def get(self, execution_id: int) -> Execution:
         """The execution with this id; ``UnknownExecution`` if there is none."""
         execution_id = check_execution_id(execution_id)
-        row = await self._fetch_optional(query("get"), {"id": execution_id})
+        row = await self._db.optional(query("get"), {"id": execution_id})
         if row is None:
             raise UnknownExecution(f"unknown execution {execution_id}")
         return Execution.from_row(row)
@@ -471,14 +455,14 @@ class QueueManager:
         ``actions`` None takes any action's; an empty list takes nothing.
         """
         self._check_executor()
-        rows = await self._execute(
+        rows = await self._db.rows(
             query("claim"),
             {
                 "executor": self.executor_id,
                 "actions": None if actions is None else list(actions),
                 "limit": limit,
             },
-            changed=_changed_rows,
+            changed=changed_rows,
         )
         return [Execution.from_row(r) for r in rows]
 
@@ -529,7 +513,7 @@ class QueueManager:
             on_limit=on_limit,
             group_by=group_by,
         )
-        row = await self._fetchone(
+        row = await self._db.one(
             query("set_policy"),
             {
                 "action": name,
@@ -564,12 +548,12 @@ class QueueManager:
     async def get_policy(self, action: str) -> Policy:
         """The policy in force for an action: its own, its pack's, the default, or unlimited."""
         check_action(action)
-        row = await self._fetch_optional(query("get_policy"), {"action": action})
+        row = await self._db.optional(query("get_policy"), {"action": action})
         return Policy.from_row(row) if row else Policy.unlimited()
 
     async def list_policies(self) -> list[Policy]:
         """Every policy set, ordered by action."""
-        return [Policy.from_row(r) for r in await self._fetchall(query("list_policies"), {})]
+        return [Policy.from_row(r) for r in await self._db.rows(query("list_policies"), {})]
 
     # -- statistics --------------------------------------------------------
 
@@ -577,9 +561,7 @@ class QueueManager:
         """Live statistics of one queue (zeros for a queue never used)."""
         check_action(action)
         group_key = check_group(group) or ""
-        row = await self._fetch_optional(
-            query("stats_live"), {"action": action, "group": group_key}
-        )
+        row = await self._db.optional(query("stats_live"), {"action": action, "group": group_key})
         if row is not None:
             return QueueStats.from_row(row)
         policy = await self.get_policy(action)
@@ -600,15 +582,15 @@ class QueueManager:
 
     async def live_stats(self) -> list[QueueStats]:
         """Live statistics of every queue."""
-        return [QueueStats.from_row(r) for r in await self._fetchall(query("stats_live_all"), {})]
+        return [QueueStats.from_row(r) for r in await self._db.rows(query("stats_live_all"), {})]
 
     async def refresh_stats(self) -> None:
         """Refresh the materialized view ``fifoq.queue_stats`` (concurrently)."""
-        await self._fetchone(query("refresh_stats"), {})
+        await self._db.one(query("refresh_stats"), {})
 
     async def snapshot_stats(self) -> list[QueueStats]:
         """The rows of ``fifoq.queue_stats`` as of its last refresh, one per queue."""
-        return [QueueStats.from_row(r) for r in await self._fetchall(query("snapshot_stats"), {})]
+        return [QueueStats.from_row(r) for r in await self._db.rows(query("snapshot_stats"), {})]
 
     # -- retention ---------------------------------------------------------
 
@@ -632,7 +614,7 @@ class QueueManager:
             raise InvalidInput(f"older_than must not be negative, got {older_than}")
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 2**31 - 1:
             raise InvalidInput(f"limit must be an integer from 1 to 2147483647, got {limit!r}")
-        row = await self._fetchone(query("purge"), {"older_than": older_than, "limit": limit})
+        row = await self._db.one(query("purge"), {"older_than": older_than, "limit": limit})
         return Purged(**row["purged"])
 
     # -- internals ---------------------------------------------------------
@@ -668,9 +650,9 @@ class QueueManager:
         # An admission notification that arrives before _wait subscribes is
         # kept in self._early and handed over on subscription.
         if conn is not None:
-            row = await self._fetchone(query("enqueue"), params, conn=conn)
+            row = await self._db.one(query("enqueue"), params, conn=conn)
         else:
-            row = await self._change_one(query("enqueue_deferred"), params)
+            row = await self._db.change_one(query("enqueue_deferred"), params)
         return dataclasses.replace(Execution.from_row(row), payload=payload)
 
     async def _wait(self, execution: Execution, timeout: float | None) -> Execution:
@@ -693,7 +675,7 @@ class QueueManager:
                     new_status, at = await future
             except TimeoutError:
                 # Give up in the database too, unless it started meanwhile.
-                row = await self._change_one(query("time_out"), {"id": execution.id})
+                row = await self._db.change_one(query("time_out"), {"id": execution.id})
                 latest = Execution.from_row(row)
                 if latest.status is Status.ACTIVE:
                     return dataclasses.replace(latest, payload=execution.payload)
@@ -720,7 +702,7 @@ class QueueManager:
         raise self._not_started(execution, new_status)
 
     async def _watch(self, execution_id: int) -> Execution:
-        row = await self._change_one(
+        row = await self._db.change_one(
             query("watch"), {"id": execution_id, "executor": self.executor_id}
         )
         return Execution.from_row(row)
@@ -811,7 +793,7 @@ class QueueManager:
         logger.warning("continuing as executor %s", self.executor_id)
 
     async def _register(self) -> int:
-        row = await self._fetchone(
+        row = await self._db.one(
             query("register_executor"),
             {
                 "name": self.name,
@@ -832,198 +814,8 @@ class QueueManager:
             if self._stop.is_set():
                 return
             try:
-                await self._fetchone(query("maintain"), {})
+                await self._db.one(query("maintain"), {})
             except Exception as exc:
-                if _being_cancelled():
+                if being_cancelled():
                     raise asyncio.CancelledError from exc
                 logger.debug("maintenance pass failed: %s", exc)
-
-    async def _fetchone(
-        self,
-        sql_text: LiteralString,
-        params: dict[str, Any],
-        *,
-        conn: psycopg.AsyncConnection[Any] | None = None,
-    ) -> dict[str, Any]:
-        row = await self._fetch_optional(sql_text, params, conn=conn)
-        if row is None:
-            raise FifoqError("the database returned no row")
-        return row
-
-    async def _fetch_optional(
-        self,
-        sql_text: LiteralString,
-        params: dict[str, Any],
-        *,
-        conn: psycopg.AsyncConnection[Any] | None = None,
-    ) -> dict[str, Any] | None:
-        rows = await self._execute(sql_text, params, conn=conn)
-        return rows[0] if rows else None
-
-    async def _fetchall(
-        self, sql_text: LiteralString, params: dict[str, Any]
-    ) -> list[dict[str, Any]]:
-        return await self._execute(sql_text, params)
-
-    async def _change_one(self, sql_text: LiteralString, params: dict[str, Any]) -> dict[str, Any]:
-        """Run a deferred state change returning one execution row (see :meth:`_execute`)."""
-        rows = await self._execute(sql_text, params, changed=_changed_rows)
-        if not rows:
-            raise FifoqError("the database returned no row")
-        return rows[0]
-
-    async def _execute(
-        self,
-        sql_text: LiteralString,
-        params: dict[str, Any],
-        *,
-        conn: psycopg.AsyncConnection[Any] | None = None,
-        changed: Changed | None = None,
-    ) -> list[dict[str, Any]]:
-        """Run one statement and return its rows.
-
-        With ``conn`` it runs there, inside the caller's transaction. Otherwise
-        on a pooled connection in autocommit. A ``changed`` statement is a
-        deferred state change (a ``fifoq.*_deferred`` function): its commit
-        did not wait for the disk, so ``flush`` follows on the same connection
-        and the rows are returned only once they are durable. ``changed`` maps
-        the rows to the :class:`Change` of each execution the statement changed
-        (none: nothing to flush, e.g. a claim that found no work), which are
-        checked if the flush has to be redone elsewhere.
-        """
-        with wrap_database_errors():
-            if conn is not None:
-                async with conn.cursor(row_factory=dict_row) as cur:
-                    await cur.execute(sql_text, params)
-                    return await cur.fetchall()
-            give_up_at = time.monotonic() + _LOST_CONNECTION_RETRY_SECONDS
-            while True:
-                pooled: psycopg.AsyncConnection[Any] | None = None
-                flush_error: psycopg.Error | None = None
-                try:
-                    async with self._pool.connection() as pooled, _autocommit(pooled):
-                        async with pooled.cursor(row_factory=dict_row) as cur:
-                            await cur.execute(sql_text, params)
-                            rows = await cur.fetchall()
-                        changes = changed(rows) if changed is not None else []
-                        if not changes:
-                            return rows  # nothing changed (or not deferred): no flush
-                        try:
-                            await pooled.execute(query("flush"))
-                        except psycopg.Error as exc:
-                            flush_error = exc  # handled below, never by a retry
-                        else:
-                            return rows
-                except psycopg.OperationalError as exc:
-                    # A pooled connection that died (server restart,
-                    # pg_terminate_backend) before the statement committed:
-                    # try again on another one. The pool discards broken ones;
-                    # after a restart every idle one may be dead, and the pool
-                    # waits for the server while it reconnects.
-                    lost = pooled is not None and (
-                        pooled.broken or exc.sqlstate in _CONNECTION_ENDED
-                    )
-                    if time.monotonic() >= give_up_at or not lost or _being_cancelled():
-                        raise
-                    logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
-                    continue
-                # The statement committed but the flush after it failed: never
-                # run the statement again. If the connection was lost, make the
-                # change durable from another one.
-                assert flush_error is not None and pooled is not None
-                lost = pooled.broken or flush_error.sqlstate in _CONNECTION_ENDED
-                if not lost or _being_cancelled():
-                    raise flush_error
-                await self._confirm_durable(changes, flush_error)
-                return rows
-        raise AssertionError("unreachable")
-
-    async def _confirm_durable(self, changes: list[Change], cause: psycopg.Error) -> None:
-        """Flush from another connection and check the changes survived.
-
-        Any durable commit on the server waits for the WAL up to itself, which
-        covers a commit made before it. If the server crashed in between, the
-        change may have been lost with the unflushed WAL: then the execution
-        is found at an earlier stage than reported, or (still live) without
-        the owner it was given, and the call fails instead of reporting a
-        change that did not happen.
-        """
-        logger.info("connection lost during a flush (%s); flushing elsewhere", cause)
-        give_up_at = time.monotonic() + _LOST_CONNECTION_RETRY_SECONDS
-        while True:
-            try:
-                async with self._pool.connection() as pooled, _autocommit(pooled):
-                    await pooled.execute(query("flush"))
-                    for change in changes:
-                        cur = await pooled.execute(query("status"), {"id": change.id})
-                        if not change.survives(await cur.fetchone()):
-                            raise FifoqError(
-                                f"the server lost the change of execution {change.id} to "
-                                f"{change.status} (it restarted before the change was on disk)"
-                            ) from cause
-                return
-            except psycopg.OperationalError:
-                if time.monotonic() >= give_up_at or _being_cancelled():
-                    raise
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class Change:
-    """What a deferred statement did to one execution, as its answer reported it."""
-
-    id: int
-    status: Status
-    owner: int | None = None
-
-    def survives(self, found: tuple[Any, ...] | None) -> bool:
-        """Whether the execution's (status, owner) as found now still includes this change.
-
-        It may have moved on since (someone completed it), never back: a
-        status earlier in its life than reported, or a live execution that
-        lost the owner it was given, means the change itself was lost.
-        """
-        if found is None:
-            return False
-        status, owner = Status(found[0]), found[1]
-        if _PROGRESS[status] < _PROGRESS[self.status]:
-            return False
-        return status.terminal or self.owner is None or owner == self.owner
-
-
-Changed = Callable[[list[dict[str, Any]]], list[Change]]
-
-# How far along its life a status is.
-_PROGRESS = {
-    status: 0 if status is Status.QUEUED else 1 if status is Status.ACTIVE else 2
-    for status in Status
-}
-
-
-def _changed_rows(rows: list[dict[str, Any]]) -> list[Change]:
-    """What state changes that return execution rows did."""
-    return [Change(row["id"], Status(row["status"]), row["owner"]) for row in rows]
-
-
-def _as_list(values: object, *, what: str, item: str) -> list[Any]:
-    """A batch argument as a list; InvalidInput for a lone value or a non-iterable."""
-    if isinstance(values, str | bytes | dict) or not isinstance(values, Iterable):
-        raise InvalidInput(f"{what} must be a list of {item}, got a {type(values).__name__}")
-    return list(values)
-
-
-@contextlib.asynccontextmanager
-async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    """Autocommit for the duration (fifoq's own pool has it; a caller's pool may not).
-
-    The deferred statements commit on their own and ``flush`` is a procedure
-    that commits: neither may run inside a transaction block.
-    """
-    if conn.autocommit:
-        yield
-        return
-    await conn.set_autocommit(True)
-    try:
-        yield
-    finally:
-        if not conn.closed:
-            await conn.set_autocommit(False)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import InvalidInput, InvalidPolicy, UnknownExecution
@@ -17,6 +18,7 @@ from .errors import InvalidInput, InvalidPolicy, UnknownExecution
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
     "MAX_BATCH",
+    "as_list",
     "check_action",
     "check_batch_size",
     "check_error_text",
@@ -135,6 +137,13 @@ def _check_encodable(text: str, what: str) -> None:
         raise InvalidInput(
             f"{what} contains a lone surrogate U+{code:04X}, which is not valid Unicode"
         ) from None
+
+
+def as_list(values: object, *, what: str, item: str) -> list[Any]:
+    """A batch argument as a list; InvalidInput for a lone value or a non-iterable."""
+    if isinstance(values, str | bytes | dict) or not isinstance(values, Iterable):
+        raise InvalidInput(f"{what} must be a list of {item}, got a {type(values).__name__}")
+    return list(values)
 
 
 def check_batch_size(count: int, *, what: str) -> None:

@@ -1,0 +1,242 @@
+"""Runs fifoq's statements on a connection pool: durable, and retried when a connection is lost.
+
+The state changes run in their deferred form (``fifoq.*_deferred``, see
+``sql/0006_flush_outside_lock.sql``): the statement commits without waiting
+for the disk, so the queue lock is not held through the flush, and
+``CALL fifoq.flush_and_notify()`` follows on the same connection before the
+caller hears of the change. This module is the one place that knows that
+protocol, and what to do when the connection dies in the middle of it:
+
+- lost before the statement committed: run it again on another connection;
+- lost after it committed but before the flush: never run it again; flush
+  from another connection and check that the change survived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any, LiteralString
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
+
+from .errors import FifoqError, wrap_database_errors
+from .models import Status
+from .queries import query
+
+__all__ = ["Change", "Changed", "Statements", "being_cancelled", "changed_rows"]
+
+logger = logging.getLogger("fifoq")
+
+# The server ended the session before the statement finished (so it did not
+# commit): admin_shutdown (pg_terminate_backend), crash_shutdown, cannot_connect_now.
+_CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
+# How long a call goes on retrying on fresh pooled connections while the
+# ones it gets were lost. Counted in time, not attempts: back-to-back server
+# restarts (or a pool refilled just before a shutdown) can cost one call more
+# dead connections than the pool holds.
+LOST_CONNECTION_RETRY_SECONDS = 30.0
+
+
+def being_cancelled() -> bool:
+    """True when the running task has a cancellation pending (never retry then)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Change:
+    """What a deferred statement did to one execution, as its answer reported it."""
+
+    id: int
+    status: Status
+    owner: int | None = None
+
+    def survives(self, found: tuple[Any, ...] | None) -> bool:
+        """Whether the execution's (status, owner) as found now still includes this change.
+
+        It may have moved on since (someone completed it), never back: a
+        status earlier in its life than reported, or a live execution that
+        lost the owner it was given, means the change itself was lost.
+        """
+        if found is None:
+            return False
+        status, owner = Status(found[0]), found[1]
+        if _PROGRESS[status] < _PROGRESS[self.status]:
+            return False
+        return status.terminal or self.owner is None or owner == self.owner
+
+
+# Maps a deferred statement's rows to the executions it changed (none:
+# nothing to flush, e.g. a claim that found no work).
+Changed = Callable[[list[dict[str, Any]]], list[Change]]
+
+# How far along its life a status is.
+_PROGRESS = {
+    status: 0 if status is Status.QUEUED else 1 if status is Status.ACTIVE else 2
+    for status in Status
+}
+
+
+def changed_rows(rows: list[dict[str, Any]]) -> list[Change]:
+    """What state changes that return execution rows did."""
+    return [Change(row["id"], Status(row["status"]), row["owner"]) for row in rows]
+
+
+class Statements:
+    """One statement, one round trip (plus the flush after a change), on ``pool``.
+
+    Database errors come out as fifoq's exceptions (``wrap_database_errors``).
+    """
+
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    async def one(
+        self,
+        sql_text: LiteralString,
+        params: dict[str, Any],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> dict[str, Any]:
+        """The statement's first row; ``FifoqError`` if it returned none."""
+        row = await self.optional(sql_text, params, conn=conn)
+        if row is None:
+            raise FifoqError("the database returned no row")
+        return row
+
+    async def optional(
+        self,
+        sql_text: LiteralString,
+        params: dict[str, Any],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """The statement's first row, or None."""
+        rows = await self.rows(sql_text, params, conn=conn)
+        return rows[0] if rows else None
+
+    async def change_one(self, sql_text: LiteralString, params: dict[str, Any]) -> dict[str, Any]:
+        """Run a deferred state change returning one execution row (see :meth:`rows`)."""
+        rows = await self.rows(sql_text, params, changed=changed_rows)
+        if not rows:
+            raise FifoqError("the database returned no row")
+        return rows[0]
+
+    async def rows(
+        self,
+        sql_text: LiteralString,
+        params: dict[str, Any],
+        *,
+        conn: psycopg.AsyncConnection[Any] | None = None,
+        changed: Changed | None = None,
+    ) -> list[dict[str, Any]]:
+        """Run one statement and return its rows.
+
+        With ``conn`` it runs there, inside the caller's transaction. Otherwise
+        on a pooled connection in autocommit. A ``changed`` statement is a
+        deferred state change (a ``fifoq.*_deferred`` function): its commit
+        did not wait for the disk, so ``flush`` follows on the same connection
+        and the rows are returned only once they are durable. ``changed`` maps
+        the rows to the :class:`Change` of each execution the statement changed
+        (none: nothing to flush, e.g. a claim that found no work), which are
+        checked if the flush has to be redone elsewhere.
+        """
+        with wrap_database_errors():
+            if conn is not None:
+                async with conn.cursor(row_factory=dict_row) as cur:
+                    await cur.execute(sql_text, params)
+                    return await cur.fetchall()
+            give_up_at = time.monotonic() + LOST_CONNECTION_RETRY_SECONDS
+            while True:
+                pooled: psycopg.AsyncConnection[Any] | None = None
+                flush_error: psycopg.Error | None = None
+                try:
+                    async with self._pool.connection() as pooled, _autocommit(pooled):
+                        async with pooled.cursor(row_factory=dict_row) as cur:
+                            await cur.execute(sql_text, params)
+                            rows = await cur.fetchall()
+                        changes = changed(rows) if changed is not None else []
+                        if not changes:
+                            return rows  # nothing changed (or not deferred): no flush
+                        try:
+                            await pooled.execute(query("flush"))
+                        except psycopg.Error as exc:
+                            flush_error = exc  # handled below, never by a retry
+                        else:
+                            return rows
+                except psycopg.OperationalError as exc:
+                    # A pooled connection that died (server restart,
+                    # pg_terminate_backend) before the statement committed:
+                    # try again on another one. The pool discards broken ones;
+                    # after a restart every idle one may be dead, and the pool
+                    # waits for the server while it reconnects.
+                    lost = pooled is not None and (
+                        pooled.broken or exc.sqlstate in _CONNECTION_ENDED
+                    )
+                    if time.monotonic() >= give_up_at or not lost or being_cancelled():
+                        raise
+                    logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
+                    continue
+                # The statement committed but the flush after it failed: never
+                # run the statement again. If the connection was lost, make the
+                # change durable from another one.
+                assert flush_error is not None and pooled is not None
+                lost = pooled.broken or flush_error.sqlstate in _CONNECTION_ENDED
+                if not lost or being_cancelled():
+                    raise flush_error
+                await self._confirm_durable(changes, flush_error)
+                return rows
+        raise AssertionError("unreachable")
+
+    async def _confirm_durable(self, changes: list[Change], cause: psycopg.Error) -> None:
+        """Flush from another connection and check the changes survived.
+
+        Any durable commit on the server waits for the WAL up to itself, which
+        covers a commit made before it. If the server crashed in between, the
+        change may have been lost with the unflushed WAL: then the execution
+        is found at an earlier stage than reported, or (still live) without
+        the owner it was given, and the call fails instead of reporting a
+        change that did not happen.
+        """
+        logger.info("connection lost during a flush (%s); flushing elsewhere", cause)
+        give_up_at = time.monotonic() + LOST_CONNECTION_RETRY_SECONDS
+        while True:
+            try:
+                async with self._pool.connection() as pooled, _autocommit(pooled):
+                    await pooled.execute(query("flush"))
+                    for change in changes:
+                        cur = await pooled.execute(query("status"), {"id": change.id})
+                        if not change.survives(await cur.fetchone()):
+                            raise FifoqError(
+                                f"the server lost the change of execution {change.id} to "
+                                f"{change.status} (it restarted before the change was on disk)"
+                            ) from cause
+                return
+            except psycopg.OperationalError:
+                if time.monotonic() >= give_up_at or being_cancelled():
+                    raise
+
+
+@contextlib.asynccontextmanager
+async def _autocommit(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """Autocommit for the duration (fifoq's own pool has it; a caller's pool may not).
+
+    The deferred statements commit on their own and ``flush`` is a procedure
+    that commits: neither may run inside a transaction block.
+    """
+    if conn.autocommit:
+        yield
+        return
+    await conn.set_autocommit(True)
+    try:
+        yield
+    finally:
+        if not conn.closed:
+            await conn.set_autocommit(False)
