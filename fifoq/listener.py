@@ -72,7 +72,8 @@ class Listener:
     ``on_status`` receives status changes of this executor's executions, from
     notifications and from the heartbeat poll; ``on_work`` receives action
     names of admitted executions nobody owns (only after ``listen_for_work``);
-    ``on_gone`` is called when the database says this executor was reaped.
+    ``on_gone(executor_id)`` is called when the database says that id was
+    reaped (the manager may have moved on to a new id meanwhile).
     """
 
     def __init__(
@@ -85,7 +86,7 @@ class Listener:
         heartbeat_timeout: float,
         watched: Callable[[], Iterable[int]],
         on_status: StatusCallback,
-        on_gone: Callable[[], Awaitable[None]],
+        on_gone: Callable[[int], Awaitable[None]],
     ) -> None:
         self._conninfo = conninfo
         self._connect_kwargs = {**connect_kwargs, "autocommit": True}
@@ -99,7 +100,8 @@ class Listener:
         self._conn: psycopg.AsyncConnection[Any] | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._gone = False
+        self._gone: int | None = None  # the id the database said was reaped
+        self._speaking_as = executor_id  # the id the last statement named
         self._bound_id: int | None = None
         self._listening_work = False
         self.connected = asyncio.Event()
@@ -141,8 +143,9 @@ class Listener:
                 " set_config('tcp_keepalives_interval', '1', false),"
                 " set_config('tcp_keepalives_count', '3', false)"
             )
+            self._speaking_as = self.executor_id
             with wrap_database_errors():
-                await conn.execute(query("attach_executor"), {"executor": self.executor_id})
+                await conn.execute(query("attach_executor"), {"executor": self._speaking_as})
             await conn.execute(
                 sql.SQL("LISTEN {}").format(sql.Identifier(executor_channel(self.executor_id)))
             )
@@ -164,18 +167,20 @@ class Listener:
     async def _run(self) -> None:
         while not self._stopping:
             try:
-                if self._gone:
-                    await self._on_gone()  # the manager registers a new id and rebinds us
-                    self._gone = False
+                if self._gone is not None:
+                    # The manager registers a new id and rebinds us (unless
+                    # a call of its own found out first and did already).
+                    await self._on_gone(self._gone)
+                    self._gone = None
                 if self._conn is None or self._bound_id != self.executor_id:
                     await self._close()
                     self._conn = await self._reconnect()
                 await self._serve(self._conn)
             except ExecutorGone:
                 logger.warning(
-                    "executor %s was reaped; its executions are abandoned", self.executor_id
+                    "executor %s was reaped; its executions are abandoned", self._speaking_as
                 )
-                self._gone = True
+                self._gone = self._speaking_as
                 await self._close()
             except (psycopg.OperationalError, psycopg.InterfaceError, OSError, TimeoutError) as exc:
                 logger.warning("listener connection lost (%s); reconnecting", type(exc).__name__)
@@ -232,10 +237,11 @@ class Listener:
             self._on_status(execution_id, Status(status), None)
 
     async def _heartbeat_query(self, conn: psycopg.AsyncConnection[Any]) -> list[Any]:
+        self._speaking_as = self.executor_id
         with wrap_database_errors():
             cur = await conn.execute(
                 query("heartbeat"),
-                {"executor": self.executor_id, "watching": list(self._watched())},
+                {"executor": self._speaking_as, "watching": list(self._watched())},
             )
             return await cur.fetchall()
 

@@ -12,10 +12,10 @@ import math
 import os
 import socket
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 from psycopg_pool import AsyncConnectionPool
@@ -23,6 +23,7 @@ from psycopg_pool import AsyncConnectionPool
 from .errors import (
     ExecutionAbandoned,
     ExecutionCancelled,
+    ExecutorGone,
     FifoqError,
     InvalidInput,
     InvalidTransition,
@@ -42,6 +43,7 @@ from .validation import (
     check_execution_id,
     check_group,
     check_policy,
+    check_timeout,
     to_json,
 )
 
@@ -50,6 +52,7 @@ __all__ = ["QueueManager"]
 logger = logging.getLogger("fifoq")
 
 StatusCallback = Callable[[Status, datetime | None], None]
+_T = TypeVar("_T")
 
 _counter = itertools.count(1)
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
@@ -98,6 +101,7 @@ class QueueManager:
         self._early: OrderedDict[int, tuple[Status, datetime | None]] = OrderedDict()
         # Cancels of executions whose waiter was cancelled, still running.
         self._cleanups: set[asyncio.Task[None]] = set()
+        self._rejoining = asyncio.Lock()  # see _rejoin
         self._closed = True
 
     # -- lifecycle ---------------------------------------------------------
@@ -179,7 +183,7 @@ class QueueManager:
                 heartbeat_timeout=max(self.lease / 2, self.poll_interval),
                 watched=self._callbacks.keys,
                 on_status=self._on_status,
-                on_gone=self._on_gone,
+                on_gone=self._rejoin,
             )
             await self._listener.start()
         except BaseException:
@@ -317,8 +321,11 @@ class QueueManager:
     ) -> Execution:
         """Enqueue an execution owned by this executor and wait until it is active."""
         self._check_executor()
+        timeout = check_timeout(timeout)
         execution = await self._owned(
-            self._enqueue(action, payload, group=group, owner=self.executor_id)
+            self._as_executor(
+                lambda executor_id: self._enqueue(action, payload, group=group, owner=executor_id)
+            )
         )
         if execution.status is Status.ACTIVE:
             return execution
@@ -333,9 +340,12 @@ class QueueManager:
         """
         self._check_executor()
         execution_id = check_execution_id(execution_id)
+        timeout = check_timeout(timeout)
         # A notification that arrives between this call and the subscription
         # in _wait is kept in self._early, so it cannot be missed.
-        execution = await self._owned(self._watch(execution_id))
+        execution = await self._owned(
+            self._as_executor(lambda executor_id: self._watch(execution_id, executor_id))
+        )
         return await self._wait(execution, timeout)
 
     async def complete(
@@ -364,7 +374,9 @@ class QueueManager:
         changing nothing; an id given twice is ``InvalidInput``. At most 10,000
         per call. Returns the executions in the order given.
         """
-        completed, _ = await self._complete_many(outcomes, claim_actions=None, claim_limit=0)
+        completed, _ = await self._complete_many(
+            outcomes, claimer=None, claim_actions=None, claim_limit=0
+        )
         return completed
 
     async def complete_and_claim(
@@ -379,12 +391,21 @@ class QueueManager:
         claimed in seq order.
         """
         self._check_executor()
-        return await self._complete_many(
-            outcomes, claim_actions=None if actions is None else list(actions), claim_limit=limit
+        items = as_list(outcomes, what="outcomes", item="fifoq.Outcome items")
+        claim_actions = None if actions is None else list(actions)
+        return await self._as_executor(
+            lambda executor_id: self._complete_many(
+                items, claimer=executor_id, claim_actions=claim_actions, claim_limit=limit
+            )
         )
 
     async def _complete_many(
-        self, outcomes: Iterable[Outcome], *, claim_actions: list[str] | None, claim_limit: int
+        self,
+        outcomes: Iterable[Outcome],
+        *,
+        claimer: int | None,
+        claim_actions: list[str] | None,
+        claim_limit: int,
     ) -> tuple[list[Execution], list[Execution]]:
         items = as_list(outcomes, what="outcomes", item="fifoq.Outcome items")
         check_batch_size(len(items), what="outcomes")
@@ -416,7 +437,7 @@ class QueueManager:
                 "ids": ids,
                 "results": results,
                 "errors": errors,
-                "claimer": self.executor_id if claim_limit > 0 else None,
+                "claimer": claimer if claim_limit > 0 else None,
                 "actions": claim_actions,
                 "limit": max(claim_limit, 0),
             },
@@ -455,14 +476,11 @@ class QueueManager:
         ``actions`` None takes any action's; an empty list takes nothing.
         """
         self._check_executor()
-        rows = await self._db.rows(
-            query("claim"),
-            {
-                "executor": self.executor_id,
-                "actions": None if actions is None else list(actions),
-                "limit": limit,
-            },
-            changed=changed_rows,
+        params = {"actions": None if actions is None else list(actions), "limit": limit}
+        rows = await self._as_executor(
+            lambda executor_id: self._db.rows(
+                query("claim"), {**params, "executor": executor_id}, changed=changed_rows
+            )
         )
         return [Execution.from_row(r) for r in rows]
 
@@ -688,6 +706,10 @@ class QueueManager:
             if new_status is Status.ACTIVE:
                 if at is None:  # learned from the poll: read the start time
                     started = await self.get(execution.id)
+                    if started.status is not Status.ACTIVE:
+                        # Cancelled or finished by someone else since the
+                        # poll saw it start: say so, as a notification would.
+                        raise self._not_started(started, started.status)
                     return dataclasses.replace(started, payload=execution.payload)
                 return dataclasses.replace(
                     execution, status=Status.ACTIVE, started_at=at, owner=self.executor_id
@@ -701,11 +723,28 @@ class QueueManager:
             unsubscribe()
         raise self._not_started(execution, new_status)
 
-    async def _watch(self, execution_id: int) -> Execution:
+    async def _watch(self, execution_id: int, executor_id: int) -> Execution:
         row = await self._db.change_one(
-            query("watch"), {"id": execution_id, "executor": self.executor_id}
+            query("watch"), {"id": execution_id, "executor": executor_id}
         )
         return Execution.from_row(row)
+
+    async def _as_executor(self, statement: Callable[[int], Awaitable[_T]]) -> _T:
+        """Run ``statement(executor_id)``, a statement that names this executor.
+
+        If the others reaped this executor (its lease ran out: a stalled
+        process, a long pause of the event loop) before its listener noticed,
+        the statement fails with ``ExecutorGone`` and changes nothing: carry
+        on as a new executor, as the listener would, and run it again.
+        """
+        executor_id = self.executor_id
+        try:
+            return await statement(executor_id)
+        except ExecutorGone:
+            if self._closed:
+                raise
+            await self._rejoin(executor_id)
+            return await statement(self.executor_id)
 
     async def _owned(self, statement: Coroutine[Any, Any, Execution]) -> Execution:
         """Await a statement that makes this executor an execution's owner.
@@ -778,19 +817,29 @@ class QueueManager:
             except Exception:
                 logger.exception("status callback for execution %s failed", execution_id)
 
-    async def _on_gone(self) -> None:
-        # Our lease ran out and the others reaped us: everything we owned is
-        # abandoned (its slots were given away). Carry on as a new executor,
-        # then tell the waiters: woken first, their next call would still
-        # carry the dead executor's id and fail with ExecutorGone.
-        try:
-            self.executor_id = await self._register()
-            assert self._listener is not None
-            self._listener.rebind(self.executor_id)
-        finally:
-            for execution_id in list(self._callbacks):
-                self._on_status(execution_id, Status.ABANDONED, None)
-        logger.warning("continuing as executor %s", self.executor_id)
+    async def _rejoin(self, gone_id: int) -> None:
+        """Carry on as a new executor after the others reaped ``gone_id``.
+
+        Whoever notices first does it -- the listener's heartbeat, or a call
+        whose statement named the reaped id -- and only once: the others find
+        ``executor_id`` changed. Everything ``gone_id`` owned is abandoned
+        (its slots were given away), so its waiters are told, after the new
+        id is in place: woken first, their next call would still carry the
+        dead executor's id.
+        """
+        async with self._rejoining:
+            if self.executor_id != gone_id or self._closed:
+                return
+            try:
+                self.executor_id = await self._register()
+                assert self._listener is not None
+                self._listener.rebind(self.executor_id)
+            finally:
+                for execution_id in list(self._callbacks):
+                    self._on_status(execution_id, Status.ABANDONED, None)
+            logger.warning(
+                "executor %s was reaped; continuing as executor %s", gone_id, self.executor_id
+            )
 
     async def _register(self) -> int:
         row = await self._db.one(

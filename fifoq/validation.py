@@ -25,6 +25,7 @@ __all__ = [
     "check_execution_id",
     "check_group",
     "check_policy",
+    "check_timeout",
     "to_json",
 ]
 
@@ -144,6 +145,19 @@ def as_list(values: object, *, what: str, item: str) -> list[Any]:
     if isinstance(values, str | bytes | dict) or not isinstance(values, Iterable):
         raise InvalidInput(f"{what} must be a list of {item}, got a {type(values).__name__}")
     return list(values)
+
+
+def check_timeout(timeout: object) -> float | None:
+    """A wait's timeout: None (wait as long as it takes) or seconds, at least 0."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float):
+        raise InvalidInput(f"timeout must be a number of seconds or None, got {timeout!r}")
+    if math.isnan(timeout) or timeout < 0:
+        raise InvalidInput(
+            f"timeout must be at least 0 seconds (None waits forever), got {timeout!r}"
+        )
+    return None if math.isinf(timeout) else float(timeout)
 
 
 def check_batch_size(count: int, *, what: str) -> None:

@@ -6,9 +6,17 @@ import asyncio
 
 import psycopg
 import pytest
-from helpers import fetch_rows, wait_until
+from helpers import executor_row, fetch_rows, wait_until
 
-from fifoq import Execution, ExecutionAbandoned, FifoqError, QueueManager, Status
+from fifoq import (
+    Execution,
+    ExecutionAbandoned,
+    ExecutionCancelled,
+    FifoqError,
+    Outcome,
+    QueueManager,
+    Status,
+)
 
 
 async def test_an_execution_carries_its_fields_through_its_life(qm: QueueManager) -> None:
@@ -116,6 +124,92 @@ async def test_a_waiter_woken_by_its_executors_reaping_can_call_again_at_once(
     carried_on = await task
     assert carried_on.status is Status.ACTIVE
     assert carried_on.owner == qm.executor_id != reaped_id
+
+
+async def _reap(dsn: str, executor_id: int) -> None:
+    """What the others do when an executor's lease runs out (fifoq.maintain's reaping)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'lease expired'"
+            " WHERE id = %s",
+            (executor_id,),
+        )
+        await conn.execute("SELECT fifoq.abandon_owned(%s)", (executor_id,))
+
+
+@pytest.mark.parametrize(
+    "call", ["enqueue_and_wait", "wait_started", "claim", "complete_and_claim"]
+)
+async def test_a_call_that_finds_its_executor_reaped_carries_on_as_a_new_one(
+    dsn: str, call: str
+) -> None:
+    # The process stalled past its lease (SIGSTOP, a blocked event loop) and
+    # was reaped; its first call after that names the dead id before the
+    # listener's heartbeat (30 s away here) has noticed. That call must not
+    # fail with ExecutorGone, an error SPEC does not name: it rejoins as a new
+    # executor, as the listener would, and goes on.
+    async with QueueManager.connect(dsn, lease=60.0, poll_interval=30.0) as qm:
+        await qm.set_policy("api.rejoin", max_concurrent=2)
+        reaped_id = qm.executor_id
+        bare = await qm.enqueue("api.rejoin")  # active, nobody owns it
+        await _reap(dsn, reaped_id)
+        if call == "enqueue_and_wait":
+            execution = await qm.enqueue_and_wait("api.rejoin")
+            assert execution.status is Status.ACTIVE
+            assert execution.owner == qm.executor_id != reaped_id
+        elif call == "wait_started":
+            execution = await qm.wait_started(bare.id)
+            assert execution.owner == qm.executor_id != reaped_id
+        elif call == "claim":
+            (claimed,) = await qm.claim(["api.rejoin"], 5)
+            assert claimed.id == bare.id and claimed.owner == qm.executor_id != reaped_id
+        else:
+            await qm.enqueue("api.rejoin")  # takes the second slot
+            await qm.enqueue("api.rejoin")  # waits: the completion admits it
+            completed, claimed = await qm.complete_and_claim(
+                [Outcome(bare.id, result=1)], ["api.rejoin"], 1
+            )
+            assert completed[0].status is Status.SUCCEEDED
+            assert len(claimed) == 1 and claimed[0].owner == qm.executor_id != reaped_id
+        # One new executor, not one per call: the listener, when it looks,
+        # finds the id it serves alive.
+        assert await executor_row(dsn, qm.executor_id) == (None, None)
+        again = await qm.enqueue_and_wait("api.rejoin.again")
+        assert again.owner == qm.executor_id
+
+
+async def test_a_waiter_told_of_its_start_by_the_poll_raises_if_it_was_cancelled_since(
+    qm: QueueManager, dsn: str
+) -> None:
+    # A lost notification: only the heartbeat poll tells the waiter of its
+    # start, and the waiter then reads the execution back. Cancelled in
+    # between, it must raise ExecutionCancelled, not return the cancelled
+    # execution as started.
+    assert qm._listener is not None
+    qm._listener._dispatch = lambda notify: None  # type: ignore[method-assign]
+    await qm.set_policy("api.poll", max_concurrent=1)
+    blocker = await qm.enqueue("api.poll")
+    waiting = await qm.enqueue("api.poll")
+    real_get = qm.get
+    cancelled_first: list[bool] = []
+
+    async def get_after_a_cancel(execution_id: int) -> Execution:
+        # Lands between the poll and the read: the window, pinned open.
+        cancelled_first.append(await qm.cancel(execution_id))
+        return await real_get(execution_id)
+
+    qm.get = get_after_a_cancel  # type: ignore[method-assign]
+    task = asyncio.create_task(qm.wait_started(waiting.id))
+
+    async def watched() -> bool:
+        return (await real_get(waiting.id)).owner == qm.executor_id
+
+    await wait_until(watched, message="waiter owns its execution")
+    await qm.complete(blocker.id)  # admits the waiter's execution
+    with pytest.raises(ExecutionCancelled):
+        await task
+    assert cancelled_first == [True]
+    assert (await real_get(waiting.id)).status is Status.CANCELLED
 
 
 async def test_a_client_without_an_executor_works_and_leaves_no_executor_row(dsn: str) -> None:

@@ -97,6 +97,31 @@ async def test_ids_that_are_not_integers_are_refused_by_every_call(
         )
 
 
+@pytest.mark.parametrize("timeout", [-1, -0.001, math.nan, -math.inf, "5", True])
+async def test_bad_wait_timeouts_are_refused_before_anything_changes(
+    qm: QueueManager, dsn: str, timeout: Any
+) -> None:
+    # A negative timeout would otherwise time the execution out at once:
+    # bad input that changed the database.
+    await qm.set_policy("bad.timeout", max_concurrent=1)
+    await qm.enqueue("bad.timeout")
+    waiting = await qm.enqueue("bad.timeout")
+    await assert_refused(
+        dsn, lambda: qm.wait_started(waiting.id, timeout=timeout), InvalidInput, "timeout"
+    )
+    await assert_refused(
+        dsn, lambda: qm.enqueue_and_wait("bad.timeout", timeout=timeout), InvalidInput, "timeout"
+    )
+    assert (await qm.get(waiting.id)).status is Status.QUEUED
+
+
+async def test_a_zero_or_infinite_wait_timeout_is_accepted(qm: QueueManager) -> None:
+    await qm.set_policy("ok.timeout", max_concurrent=1)
+    started = await qm.enqueue_and_wait("ok.timeout", timeout=math.inf)
+    assert started.status is Status.ACTIVE
+    assert (await qm.enqueue_and_wait("ok.timeout.free", timeout=0)).status is Status.ACTIVE
+
+
 async def test_completing_twice_is_refused_and_frees_no_second_slot(
     qm: QueueManager, dsn: str
 ) -> None:
