@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,14 @@ from yoyo.backends.core.postgresql import (  # type: ignore[import-untyped]
     PostgresqlPsycopgBackend,
 )
 
-__all__ = ["migrate", "migrations_dir", "pending_sql", "rollback"]
+__all__ = [
+    "executor_role_sql",
+    "grant_executor_role",
+    "migrate",
+    "migrations_dir",
+    "pending_sql",
+    "rollback",
+]
 
 SCHEMA = "fifoq"
 # yoyo's bookkeeping tables live in the fifoq schema too, so that
@@ -168,3 +176,19 @@ def pending_sql(conninfo: str = "", *, rollback: bool = False) -> str:
         files = [p for p in all_files if p.stem not in applied]
     parts = [f"-- {p.name}\n{p.read_text(encoding='utf-8')}" for p in files]
     return "\n".join(parts)
+
+
+def executor_role_sql() -> str:
+    """The SQL of the least-privilege group role ``fifoq_executor`` (shipped in the package)."""
+    return files("fifoq").joinpath("executor_role.sql").read_text(encoding="utf-8")
+
+
+def grant_executor_role(conninfo: str = "") -> None:
+    """Create (or bring up to date) the group role ``fifoq_executor`` and its grants.
+
+    Idempotent; run it as the schema's owner with CREATEROLE (or a superuser)
+    after every migration. One transaction: all of it or nothing.
+    """
+    with psycopg.connect(conninfo) as conn:
+        # A constant file of ours, several statements, no parameters.
+        conn.execute(executor_role_sql().encode())

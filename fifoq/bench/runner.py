@@ -363,7 +363,7 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
         try:
             check_plot_available()
         except PlotUnavailable as exc:
-            err.print(f"error: {exc}", markup=False, highlight=False)
+            err.print(f"fifoq: error: {exc}", markup=False, highlight=False)
             return 1
     results = Results(options=options.describe())
     started = time.perf_counter()
@@ -397,7 +397,7 @@ def run(options: BenchOptions, *, out: Console | None = None, err: Console | Non
         if options.debug:
             raise
         results.failure = _one_line(exc)
-        err.print(f"error: {results.failure}", markup=False, highlight=False)
+        err.print(f"fifoq: error: {results.failure}", markup=False, highlight=False)
         status = 1
     except KeyboardInterrupt:
         results.failure = "interrupted"

@@ -11,6 +11,7 @@ import typer
 from .. import __version__
 from ..dsn import DSN_ENV
 from . import demo, executions, migrate, policy, purge, stats, worker
+from ._common import DEBUG_ENV
 from .bench import bench
 
 __all__ = ["app", "main"]
@@ -50,12 +51,19 @@ def _root(
             show_default=False,
         ),
     ] = None,
+    debug: Annotated[
+        bool,
+        typer.Option("--debug", help="Also accepted before the command: fifoq --debug stats."),
+    ] = False,
 ) -> None:
     """FIFO execution queues with per-action concurrency limits, kept in PostgreSQL."""
+    # Every command reads $FIFOQ_DSN and $FIFOQ_DEBUG when it gets no --dsn or
+    # --debug of its own, and typer parses the command's options after this
+    # callback has run.
     if dsn is not None:
-        # Every command reads $FIFOQ_DSN when it gets no --dsn of its own, and
-        # typer parses the command's options after this callback has run.
         os.environ[DSN_ENV] = dsn
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
 
 
 migrate.register(app)
@@ -105,7 +113,7 @@ def main() -> None:
             fail("aborted")
         except Exception as exc:
             # Commands map their own errors; this catches what escapes one (bench).
-            if "--debug" in sys.argv[1:]:
+            if "--debug" in sys.argv[1:] or os.environ.get(DEBUG_ENV):
                 raise
             fail(f"{type(exc).__name__}: {exc}")
     except typer.Exit as done:

@@ -38,8 +38,10 @@ DsnOption = Annotated[
         show_default=False,
     ),
 ]
+DEBUG_ENV = "FIFOQ_DEBUG"
 DebugOption = Annotated[
-    bool, typer.Option("--debug", help="Show the full traceback when something fails.")
+    bool,
+    typer.Option("--debug", envvar=DEBUG_ENV, help="Show the full traceback when something fails."),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 

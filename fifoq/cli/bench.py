@@ -15,8 +15,9 @@ def bench(
             show_envvar=True,
             metavar="CONNINFO",
             help="Server to measure (its role needs CREATEDB: each workload runs in a scratch "
-            "database, dropped afterwards). Default: a throwaway embedded PostgreSQL with "
-            "durable commits, removed afterwards.",
+            "database, dropped afterwards). Default: $FIFOQ_DSN, else a throwaway embedded "
+            "PostgreSQL with durable commits, removed afterwards (the libpq PG* variables are "
+            "not used).",
             show_default=False,
         ),
     ] = None,

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from ._common import DebugOption, DsnOption, console, errors_handled, fail
+from ..dsn import DSN_ENV
+from ._common import DebugOption, console, errors_handled, fail
 
 EPILOG = (
     "Example: fifoq demo;  fifoq demo --executions 10000 --workers 4;  "
@@ -26,13 +27,26 @@ def demo(
         int,
         typer.Option("--concurrency", metavar="C", min=1, help="Handlers at once per worker."),
     ] = 8,
-    dsn: DsnOption = None,
+    dsn: Annotated[
+        str | None,
+        typer.Option(
+            "--dsn",
+            envvar=DSN_ENV,
+            show_envvar=True,
+            metavar="CONNINFO",
+            help="Run on this server instead, and keep the demo's data there (demo.* policies "
+            "and executions). Default: $FIFOQ_DSN, else a throwaway embedded PostgreSQL, removed "
+            "afterwards (the libpq PG* variables are not used).",
+            show_default=False,
+        ),
+    ] = None,
     debug: DebugOption = False,
 ) -> None:
     """Run several workers on a few thousand executions, watch them live, then check the result.
 
-    Without --dsn (or $FIFOQ_DSN) a throwaway PostgreSQL is started from the
-    server binaries on this machine and removed afterwards. At the end the
+    Without --dsn or $FIFOQ_DSN a throwaway PostgreSQL is started from the
+    server binaries on this machine and removed afterwards; with one, the
+    demo runs there and leaves its data. At the end the
     demo checks from the database that no queue ever exceeded its limit and
     every queue started in FIFO order; exit status 1 if not.
     """

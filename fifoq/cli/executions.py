@@ -12,7 +12,14 @@ from typing import Annotated, Any
 import psycopg
 import typer
 
-from ..errors import ExecutionAbandoned, ExecutionCancelled, InvalidInput, QueueTimeout
+from ..errors import (
+    ExecutionAbandoned,
+    ExecutionCancelled,
+    InvalidInput,
+    PolicyRejected,
+    QueueFull,
+    QueueTimeout,
+)
 from ..manager import QueueManager
 from ..models import Execution, Status
 from ..validation import (
@@ -85,8 +92,8 @@ def enqueue(
         typer.Option(
             "--payloads",
             metavar="FILE",
-            help="Enqueue one execution per line of FILE (JSON Lines; '-' reads stdin), "
-            f"{MAX_BATCH:,} per statement, each statement all or nothing.",
+            help="Enqueue one execution per line of FILE (JSON Lines; '-' reads stdin), in "
+            f"one transaction: all lines or none ({MAX_BATCH:,} per statement).",
         ),
     ] = None,
     group: Annotated[
@@ -200,9 +207,19 @@ def _enqueue_lines(
             # if the database refuses a batch (QueueFull, PolicyRejected),
             # none. The queue's lock is held until the commit.
             for start in range(0, len(values), MAX_BATCH):
-                done += await qm.enqueue_many(
-                    action, values[start : start + MAX_BATCH], group=group, conn=conn
-                )
+                batch = values[start : start + MAX_BATCH]
+                try:
+                    done += await qm.enqueue_many(action, batch, group=group, conn=conn)
+                except (QueueFull, PolicyRejected) as exc:
+                    if len(values) <= MAX_BATCH:
+                        raise
+                    # The database counted the earlier batches of this file
+                    # as waiting; after the rollback none of them is.
+                    raise type(exc)(
+                        f"{exc} (payloads {start + 1:,} to {start + len(batch):,} of "
+                        f"{len(values):,}, counting this file's earlier batches; nothing was "
+                        "enqueued)"
+                    ) from exc
         return done
 
     executions = run(go(), debug=debug, dsn=conninfo)

@@ -6,14 +6,15 @@ from typing import Annotated
 
 import typer
 
+from ..migrations import executor_role_sql, grant_executor_role, pending_sql
 from ..migrations import migrate as apply_migrations
-from ..migrations import pending_sql
 from ..migrations import rollback as rollback_migrations
-from ._common import DebugOption, DsnOption, connection_string, errors_handled
+from ._common import DebugOption, DsnOption, bad_value, connection_string, errors_handled
 
 EPILOG = (
     "Example: fifoq migrate --dsn postgresql://me@db/app;  "
-    "fifoq migrate --sql | less   (review what would run, then: fifoq migrate)"
+    "fifoq migrate --sql | less   (review what would run, then: fifoq migrate);  "
+    "fifoq migrate --executor-role   (then: CREATE ROLE app LOGIN ... IN ROLE fifoq_executor)"
 )
 
 _REVIEW_HEADER = (
@@ -39,12 +40,25 @@ def migrate(
             "--rollback", help="Revert every migration and drop schema fifoq (all data in it)."
         ),
     ] = False,
+    executor_role: Annotated[
+        bool,
+        typer.Option(
+            "--executor-role",
+            help="After migrating, create or update the least-privilege group role "
+            "fifoq_executor (needs CREATEROLE; idempotent). With --sql: print its SQL.",
+        ),
+    ] = False,
     dsn: DsnOption = None,
     debug: DebugOption = False,
 ) -> None:
     """Apply the pending schema migrations (idempotent; safe to run from many hosts at once)."""
+    if executor_role and rollback:
+        bad_value("--executor-role", "cannot be combined with --rollback")
     conninfo = connection_string(dsn)
     with errors_handled(debug, conninfo):
+        if sql and executor_role:
+            typer.echo(executor_role_sql())
+            return
         if sql:
             todo = pending_sql(conninfo, rollback=rollback)
             if todo:
@@ -72,6 +86,12 @@ def migrate(
                 typer.echo(f"applied {len(applied)} migration(s): {', '.join(applied)}")
             else:
                 typer.echo("schema fifoq is up to date")
+            if executor_role:
+                grant_executor_role(conninfo)
+                typer.echo(
+                    "role fifoq_executor has what fifoq needs; give it to a login role: "
+                    "CREATE ROLE app LOGIN PASSWORD '...' IN ROLE fifoq_executor"
+                )
 
 
 def register(app: typer.Typer) -> None:

@@ -118,6 +118,29 @@ def test_migrate_sql_apply_and_rollback(empty_dsn: str) -> None:
         assert row == (0,)
 
 
+def test_migrate_executor_role_ships_with_the_package_and_grants_what_fifoq_needs(
+    dsn: str,
+) -> None:
+    # pip-installed users have no scripts/ folder: the role comes with the CLI.
+    shown = run_cli("migrate", "--executor-role", "--sql", "--dsn", dsn)
+    assert shown.returncode == 0, shown.stderr
+    assert "CREATE ROLE fifoq_executor NOLOGIN" in shown.stdout
+    granted = run_cli("migrate", "--executor-role", "--dsn", dsn)
+    assert granted.returncode == 0, granted.stderr
+    assert "schema fifoq is up to date" in granted.stdout
+    assert "IN ROLE fifoq_executor" in granted.stdout
+    with psycopg.connect(dsn) as conn:
+        row = conn.execute(
+            "SELECT has_schema_privilege('fifoq_executor', 'fifoq', 'USAGE'),"
+            " has_function_privilege('fifoq_executor', 'fifoq.maintain()', 'EXECUTE'),"
+            " has_table_privilege('fifoq_executor', 'fifoq.executions', 'DELETE')"
+        ).fetchone()
+    assert row == (True, True, False)
+    refused = run_cli("migrate", "--executor-role", "--rollback", "--dsn", dsn)
+    assert refused.returncode == 2
+    assert "--executor-role" in one_line_error(refused)
+
+
 def test_missing_schema_is_one_line_that_says_to_migrate(empty_dsn: str) -> None:
     result = run_cli("stats", "--dsn", empty_dsn)
     assert result.returncode == 1
@@ -257,7 +280,11 @@ def test_enqueue_payloads_that_do_not_fit_store_nothing(dsn: str, tmp_path: Path
     many.write_text("".join(f"{n}\n" for n in range(10_500)), encoding="utf-8")
     overflow = run_cli("enqueue", "cli.many", "--payloads", str(many), "--dsn", dsn)
     assert overflow.returncode == 1
-    assert "queue full for action 'cli.many'" in one_line_error(overflow)
+    message = one_line_error(overflow)
+    assert "queue full for action 'cli.many'" in message
+    # The database counted the first batch as waiting; the message says so.
+    assert "payloads 10,001 to 10,500 of 10,500" in message
+    assert "nothing was enqueued" in message
     with psycopg.connect(dsn) as conn:
         row = conn.execute(
             "SELECT count(*) FROM fifoq.execution_details WHERE action IN ('cli.full', 'cli.many')"
@@ -354,6 +381,12 @@ def test_runtime_errors_exit_1_with_one_line_and_traceback_only_with_debug(dsn: 
     debug = run_cli("complete", "999999", "--dsn", dsn, "--debug")
     assert debug.returncode == 1
     assert "Traceback" in debug.stderr and "UnknownExecution" in debug.stderr
+    # Like --dsn, --debug is also taken before the command, or from the environment.
+    before = run_cli("--debug", "--dsn", dsn, "complete", "999999")
+    from_env = run_cli("complete", "999999", "--dsn", dsn, env={"FIFOQ_DEBUG": "1"})
+    for result in (before, from_env):
+        assert result.returncode == 1
+        assert "Traceback" in result.stderr and "UnknownExecution" in result.stderr
 
 
 def test_unreachable_server_is_one_line_and_never_shows_the_password() -> None:

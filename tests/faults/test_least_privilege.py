@@ -1,4 +1,4 @@
-"""The role of scripts/executor_role.sql runs fifoq and nothing more; passwords never leak."""
+"""The role of `fifoq migrate --executor-role` runs fifoq and nothing more; passwords never leak."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import socket
 import traceback
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -17,10 +16,9 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fifoq import ExecutionCancelled, FifoqError, QueueManager, QueueTimeout, Status
+from fifoq.migrations import grant_executor_role
 
 from .proxy import BlackholeProxy
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "executor_role.sql"
 
 
 @pytest.fixture
@@ -28,8 +26,8 @@ def executor_dsn(dsn: str) -> Iterator[str]:
     """A LOGIN role with a password, member of fifoq_executor, connecting over TCP."""
     role = f"fq_exec_{uuid.uuid4().hex[:12]}"
     password = f"pw-{uuid.uuid4().hex}"
+    grant_executor_role(dsn)  # what `fifoq migrate --executor-role` runs
     with psycopg.connect(dsn, autocommit=True) as owner:
-        owner.execute(SCRIPT.read_text())  # a trusted file of ours
         owner.execute(
             sql.SQL("CREATE ROLE {} LOGIN PASSWORD {} IN ROLE fifoq_executor").format(
                 sql.Identifier(role), sql.Literal(password)

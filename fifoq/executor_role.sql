@@ -1,11 +1,12 @@
 -- fifoq: a least-privilege role for executors, workers and producers.
 --
--- Run it as the owner of schema fifoq (the role that ran `fifoq migrate`;
+-- Run it as the owner of schema fifoq (the role that runs `fifoq migrate`;
 -- it also needs CREATEROLE, or run it as a superuser), in the application's
 -- database, after migrating, and again after every migration that adds
--- tables or functions (it is idempotent):
+-- tables or functions (it is idempotent). It ships inside the package:
 --
---     psql "$OWNER_DSN" -v ON_ERROR_STOP=1 -f scripts/executor_role.sql
+--     fifoq migrate --executor-role             # migrates, then runs this file
+--     fifoq migrate --executor-role --sql       # prints it, for review or psql
 --
 -- It creates the group role fifoq_executor (NOLOGIN) and grants it exactly
 -- what fifoq's operations need. Give it to a login role per application:
@@ -50,7 +51,7 @@ BEGIN
 END
 $$;
 COMMENT ON ROLE fifoq_executor IS
-    'Runs fifoq operations (scripts/executor_role.sql); grant it to login roles.';
+    'Runs fifoq operations (fifoq migrate --executor-role); grant it to login roles.';
 
 -- Look up objects in the schema, nothing more (no CREATE).
 GRANT USAGE ON SCHEMA fifoq TO fifoq_executor;
