@@ -18,7 +18,7 @@ from .errors import (
 from .manager import QueueManager
 from .migrations import migrate, rollback
 from .models import Execution, Outcome, Policy, Purged, QueueStats, Status
-from .worker import App
+from .worker import App, Worker
 
 __all__ = [
     "App",
@@ -40,6 +40,7 @@ __all__ = [
     "QueueTimeout",
     "Status",
     "UnknownExecution",
+    "Worker",
     "migrate",
     "rollback",
 ]
