@@ -45,6 +45,9 @@ MAX_BATCH = 10_000
 # sql/0013_printable_names.sql (tests/integration checks that they agree):
 # Unicode categories Cc, Cf, Zl, Zp, Co, and Zs other than the space; also NUL
 # and lone surrogates, which a PostgreSQL text value cannot hold at all.
+# A NUL in JSON text: the escape \u0000 after an even number of backslashes
+# (an odd number makes it the literal text "\u0000", which is storable).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _NOT_PRINTABLE = re.compile(
     "[\\ud800-\\udfff"
     "\\u0000-\\u001f\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891"
@@ -96,7 +99,7 @@ def to_json(value: Any, *, what: str, limit: int) -> str | None:
         text = json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
     except (TypeError, ValueError, RecursionError) as exc:
         raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from None
-    if "\\u0000" in text:
+    if "\\u0000" in text and _JSON_NUL.search(text):
         raise InvalidInput(f"{what} contains a NUL character, which PostgreSQL cannot store")
     _check_encodable(text, what)
     size = len(text.encode("utf-8"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -158,6 +159,12 @@ def worker(
     async def go() -> None:
         await check_reachable(conninfo)
         await runner.run(handle_signals=True)
+        if runner.stuck:
+            # Handlers that ignore cancellation would keep asyncio.run() (and
+            # so this process) waiting for them; their executions are already
+            # handed back, so leave now.
+            logging.shutdown()
+            os._exit(0)
 
     with errors_handled(debug, conninfo):
         run(go(), debug=debug, dsn=conninfo)

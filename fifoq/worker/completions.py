@@ -76,6 +76,11 @@ class CompletionBatcher:
             self._sender = asyncio.create_task(self._send(), name="fifoq-completions")
         return await future
 
+    @property
+    def busy(self) -> bool:
+        """Whether a statement is in flight (or outcomes wait for the next)."""
+        return self._sender is not None and not self._sender.done()
+
     async def aclose(self) -> None:
         """Wait until every outcome handed in so far has been sent."""
         if self._sender is not None:

@@ -202,6 +202,10 @@ class Worker:
         self._ready = asyncio.Event()
         self._completions: CompletionBatcher | None = None
         self._failure: BaseException | None = None  # what ended run() before it was ready
+        self._handing_back = False  # the grace period is over: start nothing more
+        # Handlers that ignored cancellation and outlived the settling time
+        # after the grace period (their executions were handed back anyway).
+        self.stuck: list[int] = []
 
     # -- control -----------------------------------------------------------
 
@@ -268,6 +272,7 @@ class Worker:
                 finally:
                     await self._drain()
                     await self._completions.aclose()
+                    self.executor_id = qm.executor_id  # a new one if it was reaped and rejoined
                 if self.handed_back:
                     logger.warning(
                         "handing back %d execution(s) that did not finish within the grace "
@@ -366,6 +371,11 @@ class Worker:
         # RETURNING does not promise an order. (seq is per queue; sorting by
         # it across queues keeps every queue's own order.)
         for execution in sorted(claimed, key=lambda e: e.seq):
+            if self._handing_back:
+                # Taken by a completion statement sent before stop() and
+                # answered after the grace period: never started, handed back.
+                self.handed_back.append(execution.id)
+                continue
             self._start(qm, execution)
 
     def _start(self, qm: QueueManager, execution: Execution) -> None:
@@ -406,7 +416,11 @@ class Worker:
                 running.stop_reason,
                 time.monotonic() - running.started,
             )
-        elif running.stop_reason == "shutdown" and not running.recorded:
+        elif (
+            running.stop_reason == "shutdown"
+            and not running.recorded
+            and execution.id not in self.handed_back  # a stuck one, listed already
+        ):
             self.handed_back.append(execution.id)
         assert running.task is not None
         if not running.task.cancelled() and running.task.exception() is not None:
@@ -486,6 +500,17 @@ class Worker:
                     exc,
                 )
                 return
+            except FifoqError as exc:
+                # The executor closed under it (a handler that outlived the
+                # shutdown): the execution was handed back and abandoned.
+                logger.warning(
+                    "outcome of execution %s (%s) not recorded after %.3f s: %s",
+                    execution.id,
+                    execution.action,
+                    elapsed,
+                    exc,
+                )
+                return
             except (psycopg.OperationalError, OSError) as exc:
                 if attempt == _COMPLETE_ATTEMPTS:
                     logger.error(
@@ -519,7 +544,15 @@ class Worker:
 
     async def _drain(self) -> None:
         """Let running handlers finish within the grace period; cancel the rest."""
+        # A completion statement sent before stop() may still bring work
+        # (its freed slots' executions, see CompletionBatcher): wait for it,
+        # so that what it brings runs within the grace period like the rest.
+        assert self._completions is not None
+        if self._completions.busy:
+            logger.debug("stopping: waiting for the completion statement in flight")
+            await self._completions.aclose()
         if not self._running:
+            self._handing_back = True
             return
         logger.info(
             "waiting up to %g s for %d running handler(s) to finish", self.grace, len(self._running)
@@ -537,6 +570,7 @@ class Worker:
                 )
         finally:
             force.cancel()
+        self._handing_back = True
         for running in list(self._running.values()):
             if running.completing:
                 continue  # its outcome is being written; let that finish
@@ -550,4 +584,19 @@ class Worker:
             for task in still:  # completions stuck on the database
                 task.cancel()
             if still:
-                await asyncio.wait(still, timeout=_SETTLE_SECONDS)
+                _, still = await asyncio.wait(still, timeout=_SETTLE_SECONDS)
+            # Handlers that swallow every cancellation: nothing can stop a
+            # task, so they are handed back (closing the executor abandons
+            # their executions) and left behind; `fifoq worker` then exits
+            # without waiting for them.
+            for running in list(self._running.values()):
+                if running.task in still:
+                    self.stuck.append(running.execution.id)
+                    if not running.recorded and running.execution.id not in self.handed_back:
+                        self.handed_back.append(running.execution.id)
+            if self.stuck:
+                logger.error(
+                    "handler(s) of execution(s) %s ignore cancellation; they are handed back "
+                    "and left running",
+                    ", ".join(map(str, self.stuck)),
+                )

@@ -148,6 +148,30 @@ async def test_sigterm_hands_back_what_does_not_finish_within_the_grace_period(
     assert nxt.status is Status.ACTIVE
 
 
+async def test_a_handler_that_ignores_cancellation_does_not_keep_the_worker_alive(
+    dsn: str, workers: Workers, tmp_path: Path
+) -> None:
+    # After the grace period and the time given to cancelled handlers to
+    # unwind (5 + 5 s), the worker hands the execution back and exits; it
+    # used to wait for the handler (60 s here) and then log a traceback.
+    worker = workers.start("--grace", "0.5")
+    async with QueueManager.connect(dsn) as qm:
+        execution = await qm.enqueue(
+            "e2e.stubborn", {"dir": str(tmp_path), "name": "stubborn", "seconds": 60}
+        )
+        await wait_until(lambda: marker(tmp_path, "stubborn", "started"), 20, message="started")
+        worker.signal(signal.SIGTERM)
+        code = await asyncio.to_thread(worker.wait, 30)
+        handed_back = await qm.get(execution.id)
+    log = worker.log_text()
+    assert code == 0, log
+    assert marker(tmp_path, "stubborn", "ignored")
+    assert handed_back.status is Status.ABANDONED
+    assert f"handler(s) of execution(s) {execution.id} ignore cancellation" in log
+    assert f"did not finish within the grace period: {execution.id};" in log
+    assert "Traceback" not in log
+
+
 async def test_sigkilled_worker_is_reaped_and_another_worker_runs_the_next(
     dsn: str, workers: Workers, tmp_path: Path
 ) -> None:

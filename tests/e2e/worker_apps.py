@@ -69,3 +69,16 @@ async def limited(payload: dict[str, Any]) -> dict[str, Any]:
     """Take 1-10 ms."""
     await asyncio.sleep(random.uniform(0.001, 0.01))
     return {"i": payload["i"]}
+
+
+@app.action("e2e.stubborn", max_concurrent=1)
+async def stubborn(payload: dict[str, Any]) -> None:
+    """Ignore every cancellation for payload seconds (a badly written handler)."""
+    _mark(payload, "started")
+    loop = asyncio.get_running_loop()
+    until = loop.time() + payload["seconds"]
+    while loop.time() < until:
+        try:
+            await asyncio.sleep(until - loop.time())
+        except asyncio.CancelledError:
+            _mark(payload, "ignored")

@@ -266,6 +266,17 @@ async def test_non_json_payloads_are_refused(qm: QueueManager, dsn: str, payload
 
 async def test_payloads_with_nul_characters_are_refused(qm: QueueManager, dsn: str) -> None:
     await assert_refused(dsn, lambda: qm.enqueue("bad.nul", {"k": "a\x00b"}), InvalidInput, "NUL")
+    await assert_refused(dsn, lambda: qm.enqueue("bad.nul", "\\\x00"), InvalidInput, "NUL")
+
+
+async def test_the_text_backslash_u0000_is_no_nul_and_round_trips(qm: QueueManager) -> None:
+    # A Windows path such as C:\u0000dir: its JSON holds "\\u0000", an
+    # escaped backslash and then plain text, which PostgreSQL stores.
+    path = "C:\\u0000dir"
+    ex = await qm.enqueue_and_wait("ok.backslash", {"path": path, "odd": "\\\\u0000"})
+    done = await qm.complete(ex.id, result=path)
+    assert (await qm.get(ex.id)).payload == {"path": path, "odd": "\\\\u0000"}
+    assert done.result == path
 
 
 async def test_oversized_payloads_are_refused_at_the_configured_limit(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -226,3 +227,68 @@ async def test_claim_of_no_actions_takes_nothing_and_none_takes_any(qm: QueueMan
     admitted = await qm.get(second.id)
     assert admitted.status is Status.ACTIVE and admitted.owner is None
     assert [e.id for e in await qm.claim(None, 5)] == [second.id]
+
+
+async def test_work_a_completion_brings_after_stop_is_listed_as_handed_back(
+    dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A completion statement sent just before stop() comes back with the
+    # executions its freed slots admitted (keep_slot_under). Held here on the
+    # queue lock until the stopping worker has moved on: what it brings must
+    # not start after the grace period (0), and must be in the handed-back
+    # list, the operator's only record of what was abandoned.
+    caplog.set_level(logging.DEBUG, logger="fifoq.worker")
+    action = "wb.late"
+    go = asyncio.Event()
+    app = App()
+
+    later = asyncio.Event()  # set only at the end
+
+    @app.action(action, max_concurrent=2)
+    async def handler(payload: object) -> None:
+        await go.wait()
+        if payload in (3, 4):  # the work the late statement brings: long
+            await later.wait()
+
+    worker = Worker(app, dsn, concurrency=2, keep_slot_under=60.0, grace=0)
+    async with (
+        QueueManager.connect(dsn) as qm,
+        await psycopg.AsyncConnection.connect(dsn) as holder,
+    ):
+        task = asyncio.create_task(worker.run())
+        await worker.wait_ready()
+        first = await qm.enqueue_many(action, [1, 2])
+        behind = await qm.enqueue_many(action, [3, 4])
+        await wait_until(lambda: len(worker.running) == 2, message="two handlers running")
+        await holder.execute(
+            "SELECT fifoq.lock_queue(queue_id) FROM fifoq.executions WHERE id = %s",
+            (first[0].id,),
+        )
+        go.set()  # both finish; their completion waits for the queue lock
+
+        async def completion_waits() -> bool:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
+                    " AND classid = 1718183537 AND NOT granted"
+                )
+                row = await cur.fetchone()
+            return row is not None and row[0] > 0
+
+        await wait_until(completion_waits, message="completion statement waiting for the lock")
+        worker.stop()
+
+        def stopping_moved_on() -> bool:  # past the grace period, or waiting for the statement
+            return any(
+                "waiting up to" in r.message or "completion statement in flight" in r.message
+                for r in caplog.records
+            )
+
+        await wait_until(stopping_moved_on, message="worker stopping")
+        await holder.commit()  # the statement goes on, and takes the next two
+        await asyncio.wait_for(task, 30)
+        later.set()  # whatever still runs may end now
+        statuses = {e.id: (await qm.get(e.id)).status for e in first + behind}
+    assert [statuses[e.id] for e in first] == [Status.SUCCEEDED] * 2, statuses
+    assert [statuses[e.id] for e in behind] == [Status.ABANDONED] * 2, statuses
+    assert sorted(worker.handed_back) == [e.id for e in behind]
