@@ -89,6 +89,31 @@ async def test_purge_deletes_ended_executors_that_own_nothing_live(
     assert (await qm.purge(0)).executors == 0
 
 
+async def test_purge_keeps_executors_that_ended_less_than_ten_minutes_ago(
+    qm: QueueManager, dsn: str
+) -> None:
+    # fifoq.maintain's sweep looks at executors that ended in the last ten
+    # minutes (an execution given to one as it was reaped): purge(0) must
+    # leave them for it, and take them once they are older.
+    async with QueueManager.connect(dsn, name="just-ended") as other:
+        ended_id = other.executor_id
+
+    async def exists() -> bool:
+        async with await psycopg.AsyncConnection.connect(dsn) as conn:
+            cur = await conn.execute("SELECT 1 FROM fifoq.executors WHERE id = %s", (ended_id,))
+            return await cur.fetchone() is not None
+
+    assert (await qm.purge(0)).executors == 0
+    assert await exists()
+    await age(
+        dsn,
+        "UPDATE fifoq.executors SET ended_at = ended_at - interval '11 minutes' WHERE id = %s",
+        ended_id,
+    )
+    assert (await qm.purge(0)).executors == 1
+    assert not await exists()
+
+
 @pytest.mark.parametrize(
     ("older_than", "limit", "needle"),
     [

@@ -292,3 +292,63 @@ async def test_work_a_completion_brings_after_stop_is_listed_as_handed_back(
     assert [statuses[e.id] for e in first] == [Status.SUCCEEDED] * 2, statuses
     assert [statuses[e.id] for e in behind] == [Status.ABANDONED] * 2, statuses
     assert sorted(worker.handed_back) == [e.id for e in behind]
+
+
+async def test_a_worker_hears_of_new_work_without_waiting_for_its_claim_interval(
+    dsn: str,
+) -> None:
+    # Admissions of executions nobody owns are announced (NOTIFY fifoq_work);
+    # the periodic claim (30 s here) is only the fallback for a lost one.
+    action = "wb.notified"
+    started = asyncio.Event()
+    app = App()
+
+    @app.action(action, max_concurrent=1)
+    async def handler(payload: object) -> None:
+        started.set()
+
+    worker = Worker(app, dsn, concurrency=1, claim_interval=30.0)
+    async with running(worker), QueueManager.connect(dsn) as qm:
+        # The listener starts listening for work right after a heartbeat:
+        # two heartbeats after the worker is ready, it surely does.
+        beats: set[object] = set()
+
+        async def heartbeats() -> bool:
+            async with await psycopg.AsyncConnection.connect(dsn) as conn:
+                cur = await conn.execute(
+                    "SELECT heartbeat_at FROM fifoq.executors WHERE id = %s", (worker.executor_id,)
+                )
+                row = await cur.fetchone()
+            beats.add(row[0] if row else None)
+            return len(beats) >= 3
+
+        await wait_until(heartbeats, message="two heartbeats of the worker")
+        await qm.enqueue(action)
+        await asyncio.wait_for(started.wait(), 10)
+
+
+async def test_a_running_handler_whose_execution_is_abandoned_is_cancelled(dsn: str) -> None:
+    # The database abandoned the execution (its executor was reaped while
+    # the process was stalled, or an operator ran fifoq.abandon_owned): the
+    # handler must stop, and no outcome is recorded over the abandonment.
+    action = "wb.abandoned"
+    cancelled = asyncio.Event()
+    app = App()
+
+    @app.action(action, max_concurrent=1)
+    async def handler(payload: object) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    worker = Worker(app, dsn, concurrency=1)
+    async with running(worker), QueueManager.connect(dsn) as qm:
+        execution = await qm.enqueue(action)
+        await wait_until(lambda: worker.running, message="handler running")
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+            await conn.execute("SELECT fifoq.abandon_owned(%s)", (worker.executor_id,))
+        await asyncio.wait_for(cancelled.wait(), 10)
+        await wait_until(lambda: not worker.running, message="handler gone")
+        assert (await qm.get(execution.id)).status is Status.ABANDONED

@@ -1,0 +1,83 @@
+"""What happens at once, and what fifoq.maintain repairs: slots, snapshots, early news."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from fifoq import QueueManager, Status
+
+
+async def test_cancelling_an_active_execution_admits_the_next_at_once(dsn: str) -> None:
+    # A plain client runs no maintenance pass, so nothing else could admit it:
+    # the cancel itself hands the slot on, in the same transaction.
+    async with QueueManager.connect(dsn, register_executor=False) as client:
+        await client.set_policy("rp.cancel", max_concurrent=1)
+        active = await client.enqueue("rp.cancel")
+        waiting = await client.enqueue("rp.cancel")
+        assert active.status is Status.ACTIVE and waiting.status is Status.QUEUED
+        assert await client.cancel(active.id)
+        assert (await client.get(waiting.id)).status is Status.ACTIVE
+
+
+async def test_refreshing_the_snapshot_does_not_wait_for_its_readers(
+    qm: QueueManager, dsn: str
+) -> None:
+    # CONCURRENTLY (SPEC §5): a plain REFRESH needs an exclusive lock and
+    # would wait for every open transaction that read the snapshot.
+    await qm.enqueue("rp.snapshot")
+    await qm.refresh_stats()
+    async with await psycopg.AsyncConnection.connect(dsn) as reader:
+        await reader.execute("SELECT * FROM fifoq.queue_stats")  # its transaction stays open
+        async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as refresher:
+            await refresher.execute("SET lock_timeout = '2s'")
+            await refresher.execute("SELECT fifoq.refresh_stats()")
+        cur = await reader.execute("SELECT count(*) FROM fifoq.queue_stats")
+        assert await cur.fetchone() == (1,)
+
+
+async def test_maintain_abandons_what_an_already_ended_executor_still_owns(dsn: str) -> None:
+    # An execution given to an executor in the instant it was reaped (the
+    # owner check reads the executor row without a lock) would hold its slot
+    # for good: the maintenance pass sweeps recently ended executors.
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT fifoq.register_executor('late', 'h', 1, 5)")
+        row = await cur.fetchone()
+        assert row is not None
+        executor = row[0]
+        await conn.execute("SELECT fifoq.set_policy('rp.sweep', 1)")
+        cur = await conn.execute(
+            "SELECT id FROM fifoq.enqueue('rp.sweep', NULL, NULL, %s)", (executor,)
+        )
+        owned = await cur.fetchone()
+        cur = await conn.execute("SELECT id FROM fifoq.enqueue('rp.sweep')")
+        behind = await cur.fetchone()
+        assert owned is not None and behind is not None
+        # Ended, as a reaper that ran just before the insert left it.
+        await conn.execute(
+            "UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'test'"
+            " WHERE id = %s",
+            (executor,),
+        )
+        await conn.execute("SELECT fifoq.maintain()")
+        cur = await conn.execute(
+            "SELECT id, status::text FROM fifoq.executions WHERE id = ANY(%s) ORDER BY id",
+            ([owned[0], behind[0]],),
+        )
+        assert await cur.fetchall() == [(owned[0], "abandoned"), (behind[0], "active")]
+
+
+@pytest.mark.parametrize(
+    "status", [Status.CANCELLED, Status.ABANDONED, Status.TIMED_OUT, Status.ACTIVE]
+)
+async def test_news_that_arrives_before_the_waiter_subscribes_is_kept_for_it(
+    qm: QueueManager, status: Status
+) -> None:
+    # The notification of an admission (or cancel) can arrive between the
+    # statement that made this executor the owner and the subscription of
+    # its waiter; kept, it wakes the waiter at once instead of a poll later.
+    qm._on_status(424242, status, None)
+    heard: list[Status] = []
+    unsubscribe = qm.watch_status(424242, lambda new, _at: heard.append(new))
+    unsubscribe()
+    assert heard == [status]
