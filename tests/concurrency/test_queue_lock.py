@@ -76,3 +76,43 @@ async def test_a_change_racing_an_uncommitted_admission_sees_it_and_frees_no_slo
         # The slot is exactly as taken as the rows say: a newcomer starts iff it is free.
         cur = await observer.execute("SELECT status::text FROM fifoq.enqueue('ql.race')")
         assert await cur.fetchone() == ("queued" if active_rows else "active",)
+
+
+async def test_a_batch_takes_its_queue_locks_in_one_order_so_it_never_deadlocks(
+    dsn: str,
+) -> None:
+    # complete_many locks the queues of its batch in queue id order, as
+    # every multi-queue statement does. A client transaction that holds the
+    # first queue and then enqueues into the second must find the second
+    # free (the batch waits for the first, holding nothing); in the other
+    # order the two would deadlock and PostgreSQL would abort one of them.
+    async with (
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as observer,
+        await psycopg.AsyncConnection.connect(dsn) as client,
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as batch,
+    ):
+        ids = []
+        for action in ("ql.first", "ql.second"):  # queue ids in this order
+            cur = await observer.execute("SELECT id FROM fifoq.enqueue(%s)", (action,))
+            row = await cur.fetchone()
+            assert row is not None
+            ids.append(row[0])
+        await client.execute("SELECT fifoq.enqueue('ql.first')")  # holds the first queue
+        completing = asyncio.create_task(
+            batch.execute(
+                "SELECT status::text FROM fifoq.complete_many(%s, ARRAY[NULL, NULL]::jsonb[],"
+                " ARRAY[NULL, NULL]::text[])",
+                (ids,),
+            )
+        )
+        try:
+            pid = batch.info.backend_pid
+            await wait_until(lambda: waits_for_a_lock(observer, pid), message="batch waiting")
+            await asyncio.wait_for(client.execute("SELECT fifoq.enqueue('ql.second')"), 10)
+            await client.commit()
+            cur = await asyncio.wait_for(completing, timeout=10)
+        finally:
+            if not completing.done():
+                await batch.cancel_safe()
+            await asyncio.gather(completing, return_exceptions=True)
+        assert await cur.fetchall() == [("succeeded",), ("succeeded",)]

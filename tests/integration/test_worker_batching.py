@@ -352,3 +352,33 @@ async def test_a_running_handler_whose_execution_is_abandoned_is_cancelled(dsn: 
         await asyncio.wait_for(cancelled.wait(), 10)
         await wait_until(lambda: not worker.running, message="handler gone")
         assert (await qm.get(execution.id)).status is Status.ABANDONED
+
+
+async def test_handlers_still_running_when_the_grace_period_ends_are_cancelled_then(
+    dsn: str,
+) -> None:
+    # Not seconds later: the grace period is what the operator gave them.
+    # (The settling time after it is for the cancelled ones to unwind.)
+    action = "wb.grace"
+    cancelled = asyncio.Event()
+    app = App()
+
+    @app.action(action, max_concurrent=1)
+    async def handler(payload: object) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    worker = Worker(app, dsn, concurrency=1, grace=0.3)
+    async with QueueManager.connect(dsn) as qm:
+        task = asyncio.create_task(worker.run())
+        await worker.wait_ready()
+        execution = await qm.enqueue(action)
+        await wait_until(lambda: worker.running, message="handler running")
+        worker.stop()
+        await asyncio.wait_for(cancelled.wait(), 0.3 + 2.0)
+        await task
+        assert worker.handed_back == [execution.id]
+        assert (await qm.get(execution.id)).status is Status.ABANDONED
