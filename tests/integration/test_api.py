@@ -94,6 +94,17 @@ async def test_a_waiter_whose_task_is_cancelled_gives_up_its_place(
     assert (await qm.enqueue("api.leave")).status is Status.ACTIVE
 
 
+async def _reap(dsn: str, executor_id: int) -> None:
+    """What the others do when an executor's lease runs out (fifoq.maintain's reaping)."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute(
+            "UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'lease expired'"
+            " WHERE id = %s",
+            (executor_id,),
+        )
+        await conn.execute("SELECT fifoq.abandon_owned(%s)", (executor_id,))
+
+
 async def test_a_waiter_woken_by_its_executors_reaping_can_call_again_at_once(
     qm: QueueManager, dsn: str
 ) -> None:
@@ -113,28 +124,10 @@ async def test_a_waiter_woken_by_its_executors_reaping_can_call_again_at_once(
         return any(r.status == "queued" for r in await fetch_rows(dsn, "api.reaped"))
 
     await wait_until(queued, message="waiter queued")
-    # What the others do when our lease runs out (fifoq.maintain's reaping).
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(
-            "UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'lease expired'"
-            " WHERE id = %s",
-            (reaped_id,),
-        )
-        await conn.execute("SELECT fifoq.abandon_owned(%s)", (reaped_id,))
+    await _reap(dsn, reaped_id)
     carried_on = await task
     assert carried_on.status is Status.ACTIVE
     assert carried_on.owner == qm.executor_id != reaped_id
-
-
-async def _reap(dsn: str, executor_id: int) -> None:
-    """What the others do when an executor's lease runs out (fifoq.maintain's reaping)."""
-    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-        await conn.execute(
-            "UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'lease expired'"
-            " WHERE id = %s",
-            (executor_id,),
-        )
-        await conn.execute("SELECT fifoq.abandon_owned(%s)", (executor_id,))
 
 
 @pytest.mark.parametrize(

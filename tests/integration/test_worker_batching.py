@@ -40,6 +40,22 @@ def noop_app(action: str, limit: int) -> App:
     return app
 
 
+def long_app(action: str) -> tuple[App, asyncio.Event]:
+    """An app whose handler runs for a minute; the event is set when it is cancelled."""
+    cancelled = asyncio.Event()
+    app = App()
+
+    @app.action(action, max_concurrent=1)
+    async def handler(payload: object) -> None:
+        try:
+            await asyncio.sleep(60)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    return app, cancelled
+
+
 async def succeeded(qm: QueueManager, action: str) -> int:
     """How many executions of the action succeeded so far."""
     return (await qm.stats(action)).total_completed
@@ -332,17 +348,7 @@ async def test_a_running_handler_whose_execution_is_abandoned_is_cancelled(dsn: 
     # the process was stalled, or an operator ran fifoq.abandon_owned): the
     # handler must stop, and no outcome is recorded over the abandonment.
     action = "wb.abandoned"
-    cancelled = asyncio.Event()
-    app = App()
-
-    @app.action(action, max_concurrent=1)
-    async def handler(payload: object) -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    app, cancelled = long_app(action)
     worker = Worker(app, dsn, concurrency=1)
     async with running(worker), QueueManager.connect(dsn) as qm:
         execution = await qm.enqueue(action)
@@ -360,17 +366,7 @@ async def test_handlers_still_running_when_the_grace_period_ends_are_cancelled_t
     # Not seconds later: the grace period is what the operator gave them.
     # (The settling time after it is for the cancelled ones to unwind.)
     action = "wb.grace"
-    cancelled = asyncio.Event()
-    app = App()
-
-    @app.action(action, max_concurrent=1)
-    async def handler(payload: object) -> None:
-        try:
-            await asyncio.sleep(60)
-        except asyncio.CancelledError:
-            cancelled.set()
-            raise
-
+    app, cancelled = long_app(action)
     worker = Worker(app, dsn, concurrency=1, grace=0.3)
     async with QueueManager.connect(dsn) as qm:
         task = asyncio.create_task(worker.run())
