@@ -143,13 +143,15 @@ class Listener:
                 " set_config('tcp_keepalives_interval', '1', false),"
                 " set_config('tcp_keepalives_count', '3', false)"
             )
-            self._speaking_as = self.executor_id
+            # One id throughout, read once: a rebind during these awaits is
+            # seen by _serve (bound id != executor id) and reconnects.
+            self._speaking_as = executor_id = self.executor_id
             with wrap_database_errors():
-                await conn.execute(query("attach_executor"), {"executor": self._speaking_as})
+                await conn.execute(query("attach_executor"), {"executor": executor_id})
             await conn.execute(
-                sql.SQL("LISTEN {}").format(sql.Identifier(executor_channel(self.executor_id)))
+                sql.SQL("LISTEN {}").format(sql.Identifier(executor_channel(executor_id)))
             )
-            self._bound_id = self.executor_id
+            self._bound_id = executor_id
             self._listening_work = False
         except BaseException:
             await conn.close()

@@ -391,6 +391,7 @@ class QueueManager:
         claimed in seq order.
         """
         self._check_executor()
+        # Read once: _as_executor may run the statement twice (after a rejoin).
         items = as_list(outcomes, what="outcomes", item="fifoq.Outcome items")
         claim_actions = None if actions is None else list(actions)
         return await self._as_executor(

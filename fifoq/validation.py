@@ -41,13 +41,13 @@ MAX_QUEUE_TIMEOUT = 1e9
 MAX_BATCH = 10_000
 
 
+# A NUL in JSON text: the escape \u0000 after an even number of backslashes
+# (an odd number makes it the literal text "\u0000", which is storable).
+_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 # What "printable" excludes, the same class as fifoq.valid_name in
 # sql/0013_printable_names.sql (tests/integration checks that they agree):
 # Unicode categories Cc, Cf, Zl, Zp, Co, and Zs other than the space; also NUL
 # and lone surrogates, which a PostgreSQL text value cannot hold at all.
-# A NUL in JSON text: the escape \u0000 after an even number of backslashes
-# (an odd number makes it the literal text "\u0000", which is storable).
-_JSON_NUL = re.compile(r"(?<!\\)(?:\\\\)*\\u0000")
 _NOT_PRINTABLE = re.compile(
     "[\\ud800-\\udfff"
     "\\u0000-\\u001f\\u007f-\\u00a0\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890-\\u0891"

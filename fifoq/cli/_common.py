@@ -26,16 +26,24 @@ from ..validation import DEFAULT_MAX_PAYLOAD_BYTES, to_json
 
 T = TypeVar("T")
 
-DsnOption = Annotated[
-    str | None,
-    typer.Option(
+
+def dsn_option(help_text: str) -> Any:
+    """The ``--dsn`` option (also read from $FIFOQ_DSN) with a command's own help text."""
+    return typer.Option(
         "--dsn",
         envvar=DSN_ENV,
         show_envvar=True,
         metavar="CONNINFO",
-        help="PostgreSQL URI or key=value conninfo. Default: $FIFOQ_DSN, else the libpq PG* "
-        "variables (PGHOST, PGUSER, ...).",
+        help=help_text,
         show_default=False,
+    )
+
+
+DsnOption = Annotated[
+    str | None,
+    dsn_option(
+        "PostgreSQL URI or key=value conninfo. Default: $FIFOQ_DSN, else the libpq PG* "
+        "variables (PGHOST, PGUSER, ...)."
     ),
 ]
 DEBUG_ENV = "FIFOQ_DEBUG"

@@ -5,20 +5,17 @@ from typing import Annotated
 
 import typer
 
+from ._common import dsn_option
+
 
 def bench(
     dsn: Annotated[
         str | None,
-        typer.Option(
-            "--dsn",
-            envvar="FIFOQ_DSN",
-            show_envvar=True,
-            metavar="CONNINFO",
-            help="Server to measure (its role needs CREATEDB: each workload runs in a scratch "
+        dsn_option(
+            "Server to measure (its role needs CREATEDB: each workload runs in a scratch "
             "database, dropped afterwards). Default: $FIFOQ_DSN, else a throwaway embedded "
             "PostgreSQL with durable commits, removed afterwards (the libpq PG* variables are "
-            "not used).",
-            show_default=False,
+            "not used)."
         ),
     ] = None,
     quick: Annotated[

@@ -6,8 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..dsn import DSN_ENV
-from ._common import DebugOption, console, errors_handled, fail
+from ._common import DebugOption, console, dsn_option, errors_handled, fail
 
 EPILOG = (
     "Example: fifoq demo;  fifoq demo --executions 10000 --workers 4;  "
@@ -29,15 +28,10 @@ def demo(
     ] = 8,
     dsn: Annotated[
         str | None,
-        typer.Option(
-            "--dsn",
-            envvar=DSN_ENV,
-            show_envvar=True,
-            metavar="CONNINFO",
-            help="Run on this server instead, and keep the demo's data there (demo.* policies "
+        dsn_option(
+            "Run on this server instead, and keep the demo's data there (demo.* policies "
             "and executions). Default: $FIFOQ_DSN, else a throwaway embedded PostgreSQL, removed "
-            "afterwards (the libpq PG* variables are not used).",
-            show_default=False,
+            "afterwards (the libpq PG* variables are not used)."
         ),
     ] = None,
     debug: DebugOption = False,

@@ -202,7 +202,6 @@ class Worker:
         self._ready = asyncio.Event()
         self._completions: CompletionBatcher | None = None
         self._failure: BaseException | None = None  # what ended run() before it was ready
-        self._handing_back = False  # the grace period is over: start nothing more
         # Handlers that ignored cancellation and outlived the settling time
         # after the grace period (their executions were handed back anyway).
         self.stuck: list[int] = []
@@ -371,11 +370,6 @@ class Worker:
         # RETURNING does not promise an order. (seq is per queue; sorting by
         # it across queues keeps every queue's own order.)
         for execution in sorted(claimed, key=lambda e: e.seq):
-            if self._handing_back:
-                # Taken by a completion statement sent before stop() and
-                # answered after the grace period: never started, handed back.
-                self.handed_back.append(execution.id)
-                continue
             self._start(qm, execution)
 
     def _start(self, qm: QueueManager, execution: Execution) -> None:
@@ -547,12 +541,12 @@ class Worker:
         # A completion statement sent before stop() may still bring work
         # (its freed slots' executions, see CompletionBatcher): wait for it,
         # so that what it brings runs within the grace period like the rest.
+        # Statements sent after stop() take nothing (claiming() is false).
         assert self._completions is not None
         if self._completions.busy:
             logger.debug("stopping: waiting for the completion statement in flight")
             await self._completions.aclose()
         if not self._running:
-            self._handing_back = True
             return
         logger.info(
             "waiting up to %g s for %d running handler(s) to finish", self.grace, len(self._running)
@@ -570,7 +564,6 @@ class Worker:
                 )
         finally:
             force.cancel()
-        self._handing_back = True
         for running in list(self._running.values()):
             if running.completing:
                 continue  # its outcome is being written; let that finish
