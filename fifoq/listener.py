@@ -104,6 +104,9 @@ class Listener:
         self._speaking_as = executor_id  # the id the last statement named
         self._bound_id: int | None = None
         self._listening_work = False
+        # Set to end the current wait for notifications early: something the
+        # connection must do now (LISTEN for work, re-LISTEN under a new id).
+        self._poked = asyncio.Event()
         self.connected = asyncio.Event()
         self.reconnects = 0
 
@@ -122,12 +125,14 @@ class Listener:
         await self._close()
 
     def listen_for_work(self, callback: Callable[[str], None]) -> None:
-        """Also hear of admitted executions nobody owns (for workers), from the next heartbeat."""
+        """Also hear of admitted executions nobody owns (for workers), starting now."""
         self._work_callbacks.append(callback)
+        self._poked.set()
 
     def rebind(self, executor_id: int) -> None:
         """Serve another executor id (after this one was reaped); reconnects to re-LISTEN."""
         self.executor_id = executor_id
+        self._poked.set()
 
     @property
     def backend_pid(self) -> int | None:
@@ -211,12 +216,40 @@ class Listener:
         # First thing after (re)connecting: the heartbeat re-checks every
         # watched execution, so what happened while we were away is seen.
         while not self._stopping and self._bound_id == self.executor_id:
+            # Cleared before the checks below: a poke from now on is acted
+            # on, at the latest, in the next round.
+            self._poked.clear()
             await self._heartbeat(conn)
             if self._work_callbacks and not self._listening_work:
                 await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(WORK_CHANNEL)))
                 self._listening_work = True
-            async for notify in conn.notifies(timeout=self._interval):
-                self._dispatch(notify)
+            await self._receive(conn)
+
+    async def _receive(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Dispatch notifications until the next heartbeat is due, or until poked.
+
+        Without the poke, a worker that just said it is ready would LISTEN for
+        work only at the next heartbeat, and miss what is admitted meanwhile
+        until its next claim.
+        """
+        receiving = asyncio.create_task(self._dispatch_until(conn, self._interval))
+        poked = asyncio.create_task(self._poked.wait())
+        try:
+            await asyncio.wait({receiving, poked}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Cancelling the wait for notifications leaves the connection idle
+            # (no query is in flight); awaiting the task lets it release the
+            # connection's lock before the next statement.
+            receiving.cancel()
+            poked.cancel()
+            await asyncio.wait({receiving, poked})
+            failure = None if receiving.cancelled() else receiving.exception()
+        if failure is not None:
+            raise failure
+
+    async def _dispatch_until(self, conn: psycopg.AsyncConnection[Any], timeout: float) -> None:
+        async for notify in conn.notifies(timeout=timeout):
+            self._dispatch(notify)
 
     async def _heartbeat(self, conn: psycopg.AsyncConnection[Any]) -> None:
         beat = asyncio.create_task(self._heartbeat_query(conn))
