@@ -155,6 +155,9 @@ def pending_sql(conninfo: str = "", *, rollback: bool = False) -> str:
     files: list[Path] = []
     applied: set[str] = set()
     with psycopg.connect(conninfo, autocommit=True) as conn:
+        schema_exists = conn.execute(
+            "SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)
+        ).fetchone()
         has_table = conn.execute(
             "SELECT to_regclass(%s) IS NOT NULL", (f"{SCHEMA}.{_MIGRATION_TABLE}",)
         ).fetchone()
@@ -175,6 +178,10 @@ def pending_sql(conninfo: str = "", *, rollback: bool = False) -> str:
     else:
         files = [p for p in all_files if p.stem not in applied]
     parts = [f"-- {p.name}\n{p.read_text(encoding='utf-8')}" for p in files]
+    if rollback and schema_exists:
+        # What rollback() runs last, once the migrations are reverted.
+        drop = sql.SQL("DROP SCHEMA {} CASCADE;").format(sql.Identifier(SCHEMA)).as_string()
+        parts.append(f"-- then, schema {SCHEMA} and everything left in it:\n{drop}\n")
     return "\n".join(parts)
 
 

@@ -343,6 +343,38 @@ COMMENT ON FUNCTION fifoq.cancel_deferred(p_id bigint) IS 'fifoq.cancel committe
 
 
 --
+-- Name: check_names(); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.check_names() RETURNS trigger
+    LANGUAGE plpgsql
+    AS $$
+BEGIN
+    IF NOT coalesce(fifoq.valid_name(NEW.action), false) THEN
+        RAISE EXCEPTION 'invalid action name %: %', quote_literal(NEW.action), fifoq.name_problem(NEW.action)
+            USING ERRCODE = 'check_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+    END IF;
+    -- Only queues have a group ('' is the action's one default group). Two
+    -- IFs: plpgsql would resolve NEW.group_key on a policy row in one.
+    IF TG_TABLE_NAME = 'queues' THEN
+        IF NEW.group_key <> '' AND NOT fifoq.valid_name(NEW.group_key) THEN
+            RAISE EXCEPTION 'invalid group name %: %', quote_literal(NEW.group_key), fifoq.name_problem(NEW.group_key)
+                USING ERRCODE = 'check_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+
+--
+-- Name: FUNCTION check_names(); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.check_names() IS 'Trigger: refuses an action or group name that fifoq.valid_name refuses, when a queue or policy is named (not on counter updates, so names accepted by an older rule stay usable until their queues drain).';
+
+
+--
 -- Name: check_owner_alive(); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -364,28 +396,6 @@ $$;
 --
 
 COMMENT ON FUNCTION fifoq.check_owner_alive() IS 'Trigger function: refuses (FQ410) an execution owner that is not a live executor.';
-
-
---
--- Name: valid_name(text); Type: FUNCTION; Schema: fifoq; Owner: -
---
-
-CREATE FUNCTION fifoq.valid_name(name text) RETURNS boolean
-    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
-    AS $$
-BEGIN
-    RETURN name IS NOT NULL
-       AND char_length(name) BETWEEN 1 AND 255
-       AND name !~ '[\u0001-\u001f\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ue000-\uf8ff\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000f0000-\U000ffffd\U00100000-\U0010fffd]';
-END
-$$;
-
-
---
--- Name: FUNCTION valid_name(name text); Type: COMMENT; Schema: fifoq; Owner: -
---
-
-COMMENT ON FUNCTION fifoq.valid_name(name text) IS 'True when the text is a valid action or group name: 1-255 printable characters, so none that is a control, format, separator (other than the space) or private-use character.';
 
 
 SET default_tablespace = '';
@@ -459,9 +469,7 @@ CREATE TABLE fifoq.queues (
     total_abandoned bigint DEFAULT 0 NOT NULL,
     created_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     admitted_seq bigint DEFAULT 0 NOT NULL,
-    CONSTRAINT queues_action_valid CHECK (fifoq.valid_name(action)),
     CONSTRAINT queues_active_count_not_negative CHECK ((active_count >= 0)),
-    CONSTRAINT queues_group_valid CHECK (((group_key = ''::text) OR fifoq.valid_name(group_key))),
     CONSTRAINT queues_queued_count_not_negative CHECK ((queued_count >= 0))
 )
 WITH (fillfactor='50');
@@ -1653,7 +1661,6 @@ CREATE TABLE fifoq.policies (
     on_limit text DEFAULT 'enqueue'::text NOT NULL,
     group_by text[] DEFAULT '{}'::text[] NOT NULL,
     updated_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
-    CONSTRAINT policies_action_valid CHECK (fifoq.valid_name(action)),
     CONSTRAINT policies_max_concurrent_positive CHECK ((max_concurrent >= 1)),
     CONSTRAINT policies_max_queue_length_not_negative CHECK ((max_queue_length >= 0)),
     CONSTRAINT policies_on_limit_known CHECK ((on_limit = ANY (ARRAY['enqueue'::text, 'reject'::text]))),
@@ -1999,6 +2006,28 @@ $$;
 --
 
 COMMENT ON FUNCTION fifoq.unregister_executor(p_executor bigint) IS 'Ends an executor that closes: what it still waits on or runs becomes abandoned. Returns how many.';
+
+
+--
+-- Name: valid_name(text); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.valid_name(name text) RETURNS boolean
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+BEGIN
+    RETURN name IS NOT NULL
+       AND char_length(name) BETWEEN 1 AND 255
+       AND name !~ '[\u0001-\u001f\u007f-\u00a0\u00ad\u0600-\u0605\u061c\u06dd\u070f\u0890-\u0891\u08e2\u1680\u180e\u2000-\u200f\u2028-\u202f\u205f-\u2064\u2066-\u206f\u3000\ue000-\uf8ff\ufeff\ufff9-\ufffb\U000110bd\U000110cd\U00013430-\U00013438\U0001bca0-\U0001bca3\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f\U000f0000-\U000ffffd\U00100000-\U0010fffd]';
+END
+$$;
+
+
+--
+-- Name: FUNCTION valid_name(name text); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.valid_name(name text) IS 'True when the text is a valid action or group name: 1-255 printable characters, so none that is a control, format, separator (other than the space) or private-use character.';
 
 
 --
@@ -2481,6 +2510,34 @@ CREATE TRIGGER executions_owner_alive BEFORE INSERT OR UPDATE OF owner ON fifoq.
 --
 
 COMMENT ON TRIGGER executions_owner_alive ON fifoq.executions IS 'An execution can only be given to a live executor, so the reaper never misses it.';
+
+
+--
+-- Name: policies policies_names_valid; Type: TRIGGER; Schema: fifoq; Owner: -
+--
+
+CREATE TRIGGER policies_names_valid BEFORE INSERT OR UPDATE OF action ON fifoq.policies FOR EACH ROW EXECUTE FUNCTION fifoq.check_names();
+
+
+--
+-- Name: TRIGGER policies_names_valid ON policies; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON TRIGGER policies_names_valid ON fifoq.policies IS 'The action name or pattern is valid (fifoq.valid_name) when a policy is made or renamed.';
+
+
+--
+-- Name: queues queues_names_valid; Type: TRIGGER; Schema: fifoq; Owner: -
+--
+
+CREATE TRIGGER queues_names_valid BEFORE INSERT OR UPDATE OF action, group_key ON fifoq.queues FOR EACH ROW EXECUTE FUNCTION fifoq.check_names();
+
+
+--
+-- Name: TRIGGER queues_names_valid ON queues; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON TRIGGER queues_names_valid ON fifoq.queues IS 'Action and group names are valid (fifoq.valid_name) when a queue is made or renamed.';
 
 
 --

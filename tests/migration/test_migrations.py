@@ -152,9 +152,11 @@ def test_pending_sql_lists_what_would_run(empty_dsn: str) -> None:
     assert objects(empty_dsn)["schema"] == 0  # printing ran nothing
     fifoq.migrate(empty_dsn)
     assert pending_sql(empty_dsn) == ""
-    assert file_headers(pending_sql(empty_dsn, rollback=True)) == [
-        n.removesuffix(".sql") + ".rollback.sql" for n in reversed(names)
-    ]
+    undo = pending_sql(empty_dsn, rollback=True)
+    assert file_headers(undo) == [n.removesuffix(".sql") + ".rollback.sql" for n in reversed(names)]
+    # rollback() also drops the schema: the listing says so, last.
+    assert undo.rstrip().endswith('DROP SCHEMA "fifoq" CASCADE;')
+    assert objects(empty_dsn)["schema"] == 1  # printing ran nothing
 
 
 def test_migrated_schema_matches_the_committed_dump(empty_dsn: str, pg_dump: str) -> None:
@@ -253,6 +255,63 @@ def test_upgrade_to_0012_starts_each_line_at_its_first_waiter(empty_dsn: str) ->
         assert active == [(3,)]
         row = conn.execute("SELECT admitted_seq FROM fifoq.queues WHERE action = 'up.a'").fetchone()
         assert row == (3,)
+
+
+def test_queues_named_before_0013_still_drain_after_the_upgrade(empty_dsn: str) -> None:
+    """Names accepted before 0013 and refused since do not jam their queues or maintain().
+
+    At 0012 a group with U+00A0 (from a payload value, say) and an action
+    with U+200B were accepted. After the upgrade their executions complete,
+    cancel and time out, the next waiter is admitted, and one maintain()
+    pass still serves every queue; new executions cannot join those names,
+    and a new row with such a name is refused whoever inserts it.
+    """
+    _migrate_through(empty_dsn, "0012_line_start")
+    group, action = "host\u00a0one", "zw\u200b.a"
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("SELECT fifoq.set_policy('*', 1, 100, 0.2)")
+
+        def enqueue(action: str, group: str | None = None) -> int:
+            row = conn.execute("SELECT id FROM fifoq.enqueue(%s, NULL, %s)", (action, group))
+            return int(row.fetchone()[0])  # type: ignore[index]
+
+        first, second, third = (enqueue("up.old", group) for _ in range(3))
+        oddly_named = enqueue(action)
+        busy, waiting = enqueue("up.plain"), enqueue("up.plain")
+    fifoq.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+
+        def status(execution_id: int) -> str:
+            row = conn.execute("SELECT status FROM fifoq.executions WHERE id = %s", (execution_id,))
+            return str(row.fetchone()[0])  # type: ignore[index]
+
+        conn.execute("SELECT fifoq.complete(%s, NULL, NULL)", (first,))
+        assert status(second) == "active"  # the next in line, admitted by the completion
+        assert conn.execute("SELECT fifoq.cancel(%s)", (third,)).fetchone() == (True,)
+        conn.execute("SELECT fifoq.cancel(%s)", (oddly_named,))
+        # Past the 0.2 s deadline, one pass times out the plain queue's waiter.
+        conn.execute("SELECT pg_sleep(0.3)")
+        conn.execute("SELECT fifoq.complete(%s, 'null', NULL)", (second,))
+        conn.execute("SELECT fifoq.maintain()")
+        assert status(waiting) == "timed_out", status(busy)
+        counters = conn.execute(
+            "SELECT queued_count, active_count FROM fifoq.queues WHERE group_key = %s", (group,)
+        ).fetchone()
+        assert counters == (0, 0)
+        with pytest.raises(psycopg.Error, match="invalid group name"):
+            conn.execute("SELECT fifoq.enqueue('up.old', NULL, %s)", (group,))
+        with pytest.raises(psycopg.errors.CheckViolation, match="U\\+200B at position 4"):
+            conn.execute("INSERT INTO fifoq.queues (action) VALUES (%s)", ("new\u200b.b",))
+        with pytest.raises(psycopg.errors.CheckViolation, match="group name"):
+            conn.execute(
+                "INSERT INTO fifoq.queues (action, group_key) VALUES ('a.b', %s)", (group,)
+            )
+        with pytest.raises(psycopg.errors.CheckViolation, match="action name"):
+            conn.execute(
+                "INSERT INTO fifoq.policies (action, max_concurrent, max_queue_length)"
+                " VALUES (%s, 1, 1)",
+                (action,),
+            )
 
 
 def test_every_table_view_and_function_of_the_schema_has_a_comment(empty_dsn: str) -> None:
