@@ -26,6 +26,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
@@ -73,7 +74,7 @@ stats.register(app)
 worker.register(app)
 demo.register(app)
 purge.register(app)
-app.command("bench")(bench)
+app.command("bench", short_help="Measure throughput, latencies, stats cost and storage.")(bench)
 
 
 # click's exception classes (typer vendors click in newer releases, imports it

@@ -60,4 +60,6 @@ def demo(
 
 def register(app: typer.Typer) -> None:
     """Add ``demo`` to the ``fifoq`` app."""
-    app.command("demo", epilog=EPILOG)(demo)
+    app.command(
+        "demo", epilog=EPILOG, short_help="Run a live multi-process demo, then check the result."
+    )(demo)

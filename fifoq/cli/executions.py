@@ -83,7 +83,7 @@ async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | 
 
 
 def enqueue(
-    action: Annotated[str, typer.Argument(help="Action name, e.g. core.deploy.")],
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="Action name, e.g. core.deploy.")],
     payload: Annotated[
         str | None, typer.Option("--payload", metavar="JSON", help="Payload as JSON text.")
     ] = None,
@@ -326,7 +326,17 @@ CANCEL_EPILOG = "Example: fifoq cancel 42"
 
 def register(app: typer.Typer) -> None:
     """Add the execution commands to the ``fifoq`` app."""
-    app.command("enqueue", epilog=ENQUEUE_EPILOG)(enqueue)
-    app.command("get", epilog=GET_EPILOG)(get)
-    app.command("complete", epilog=COMPLETE_EPILOG)(complete)
-    app.command("cancel", epilog=CANCEL_EPILOG)(cancel)
+    app.command(
+        "enqueue",
+        epilog=ENQUEUE_EPILOG,
+        short_help="Enqueue an execution (--wait: until it starts).",
+    )(enqueue)
+    app.command("get", epilog=GET_EPILOG, short_help="Show one execution.")(get)
+    app.command(
+        "complete",
+        epilog=COMPLETE_EPILOG,
+        short_help="Finish an active execution; its slot goes on.",
+    )(complete)
+    app.command("cancel", epilog=CANCEL_EPILOG, short_help="Cancel a queued or active execution.")(
+        cancel
+    )

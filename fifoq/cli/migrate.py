@@ -96,4 +96,6 @@ def migrate(
 
 def register(app: typer.Typer) -> None:
     """Add ``migrate`` to the ``fifoq`` app."""
-    app.command("migrate", epilog=EPILOG)(migrate)
+    app.command(
+        "migrate", epilog=EPILOG, short_help="Apply the pending schema migrations (idempotent)."
+    )(migrate)

@@ -28,6 +28,7 @@ policy_app = typer.Typer(
     help="Set and show concurrency policies (per action, per pack 'pack.*', default '*').",
     epilog="Example: fifoq policy set 'core.*' --max-concurrent 10;  fifoq policy list",
     no_args_is_help=True,
+    rich_markup_mode=None,
 )
 
 
@@ -61,7 +62,10 @@ def _describe(policy: Policy) -> str:
 )
 def set_policy(
     action: Annotated[
-        str, typer.Argument(help="Action name, 'pack.*' for a pack, or '*' for the default.")
+        str,
+        typer.Argument(
+            metavar="ACTION", help="Action name, 'pack.*' for a pack, or '*' for the default."
+        ),
     ],
     max_concurrent: Annotated[
         int,
@@ -135,7 +139,7 @@ def set_policy(
     "get", epilog="Example: fifoq policy get core.deploy  (shows the pack's or default if none)"
 )
 def get_policy(
-    action: Annotated[str, typer.Argument(help="Action name.")],
+    action: Annotated[str, typer.Argument(metavar="ACTION", help="Action name.")],
     as_json: JsonOption = False,
     dsn: DsnOption = None,
     debug: DebugOption = False,

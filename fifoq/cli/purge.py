@@ -70,4 +70,6 @@ def purge(
 
 def register(app: typer.Typer) -> None:
     """Add ``purge`` to the ``fifoq`` app."""
-    app.command("purge", epilog=EPILOG)(purge)
+    app.command(
+        "purge", epilog=EPILOG, short_help="Delete finished executions older than a duration."
+    )(purge)

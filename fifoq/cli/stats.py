@@ -133,7 +133,10 @@ def stats_table(
 
 def stats(
     action: Annotated[
-        str | None, typer.Argument(help="Show only this action's queues.", show_default=False)
+        str | None,
+        typer.Argument(
+            metavar="ACTION", help="Show only this action's queues.", show_default=False
+        ),
     ] = None,
     group: Annotated[
         str | None, typer.Option("--group", metavar="G", help="With ACTION: only this group.")

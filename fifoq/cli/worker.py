@@ -172,4 +172,6 @@ def worker(
 
 def register(app: typer.Typer) -> None:
     """Add ``worker`` to the ``fifoq`` app."""
-    app.command("worker", epilog=EPILOG)(worker)
+    app.command(
+        "worker", epilog=EPILOG, short_help="Run an App's handlers for admitted executions."
+    )(worker)
