@@ -26,6 +26,7 @@ from ._common import (
 policy_app = typer.Typer(
     name="policy",
     help="Set and show concurrency policies (per action, per pack 'pack.*', default '*').",
+    short_help="Set and show concurrency policies.",
     epilog="Example: fifoq policy set 'core.*' --max-concurrent 10;  fifoq policy list",
     no_args_is_help=True,
     rich_markup_mode=None,
@@ -136,7 +137,9 @@ def set_policy(
 
 
 @policy_app.command(
-    "get", epilog="Example: fifoq policy get core.deploy  (shows the pack's or default if none)"
+    "get",
+    epilog="Example: fifoq policy get core.deploy  (shows the pack's or default if none)",
+    short_help="Show the policy in force for an action.",
 )
 def get_policy(
     action: Annotated[str, typer.Argument(metavar="ACTION", help="Action name.")],
