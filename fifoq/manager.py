@@ -265,7 +265,8 @@ class QueueManager:
         ``QueueFull`` or ``PolicyRejected``, storing nothing. With ``conn`` (an
         open connection inside a transaction) the enqueue joins that
         transaction; it holds the queue's lock until that transaction ends, so
-        keep it short.
+        keep it short. It runs under a savepoint there: a refusal undoes only
+        the enqueue, and the transaction can go on.
         """
         return await self._enqueue(action, payload, group=group, owner=None, conn=conn)
 

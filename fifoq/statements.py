@@ -150,7 +150,7 @@ class Statements:
         """
         with wrap_database_errors():
             if conn is not None:
-                async with conn.cursor(row_factory=dict_row) as cur:
+                async with _savepoint(conn), conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(sql_text, params)
                     return await cur.fetchall()
             give_up_at = time.monotonic() + LOST_CONNECTION_RETRY_SECONDS
@@ -222,6 +222,25 @@ class Statements:
             except psycopg.OperationalError:
                 if time.monotonic() >= give_up_at or being_cancelled():
                     raise
+
+
+@contextlib.asynccontextmanager
+async def _savepoint(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A savepoint around one statement in the caller's open transaction.
+
+    A refusal (``QueueFull``, ``PolicyRejected``, a bad group from
+    ``group_by``) then undoes the statement only: the caller may catch it and
+    go on in the same transaction, and the queue lock the statement took is
+    let go at once (it is held to the caller's commit only on success). Two
+    more round trips (SAVEPOINT, RELEASE), on this path only. A connection
+    not in a transaction yet gets none: the statement starts the caller's
+    transaction, and a savepoint there would make psycopg commit it.
+    """
+    if conn.info.transaction_status is not psycopg.pq.TransactionStatus.INTRANS:
+        yield
+        return
+    async with conn.transaction():
+        yield
 
 
 @contextlib.asynccontextmanager

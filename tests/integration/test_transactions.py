@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import psycopg
 import pytest
 from helpers import counts
 
-from fifoq import QueueManager, Status, UnknownExecution
+from fifoq import QueueFull, QueueManager, Status, UnknownExecution
 
 
 class Boom(Exception):
@@ -54,3 +56,33 @@ async def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(
     assert after.seq == blocker.seq + 1
     await qm.complete(blocker.id)
     assert (await qm.get(after.id)).status is Status.ACTIVE
+
+
+@pytest.mark.parametrize("many", [False, True], ids=["enqueue", "enqueue_many"])
+async def test_a_refused_enqueue_leaves_the_callers_transaction_usable(
+    qm: QueueManager, dsn: str, many: bool
+) -> None:
+    # A refusal undoes only the enqueue (a savepoint around it), as a caller
+    # who catches QueueFull and goes on in the same transaction expects; and
+    # it lets go of the queue's lock at once, not when the caller commits.
+    await qm.set_policy("tx.full", max_concurrent=1, max_queue_length=0)
+    await qm.enqueue("tx.full")  # takes the one slot; nobody may wait
+    before = await counts(dsn)
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        await conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
+        await conn.commit()
+        async with conn.transaction():
+            await conn.execute("INSERT INTO orders VALUES (1)")
+            with pytest.raises(QueueFull):
+                if many:
+                    await qm.enqueue_many("tx.full", [{"order": 1}], conn=conn)
+                else:
+                    await qm.enqueue("tx.full", {"order": 1}, conn=conn)
+            await conn.execute("INSERT INTO orders VALUES (2)")
+            # Still inside the caller's transaction: another enqueue on the
+            # same queue is answered now, not after the caller's commit.
+            with pytest.raises(QueueFull):
+                await asyncio.wait_for(qm.enqueue("tx.full"), 10)
+        cur = await conn.execute("SELECT array_agg(id ORDER BY id) FROM orders")
+        assert await cur.fetchone() == ([1, 2],)
+    assert await counts(dsn) == before
