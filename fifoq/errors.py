@@ -105,6 +105,14 @@ _BY_SQLSTATE: dict[str, type[FifoqError]] = {
 }
 
 
+# Not found: the schema, a table or view, a function, a type. Raised for one
+# of fifoq's objects, it means the schema was never migrated here, or is
+# older than this package.
+_SCHEMA_MISSING = frozenset({"3F000", "42P01", "42883", "42704"})
+_MIGRATE_HINT = (
+    " (is the fifoq schema installed and up to date? run `fifoq migrate` or fifoq.migrate())"
+)
+
 # Control characters, escaped in messages from the database.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
@@ -125,6 +133,8 @@ def error_from_database(exc: psycopg.Error) -> FifoqError | None:
     if sqlstate in ("22P02", "22P05", "22021", "54000", "54001"):
         # invalid JSON text, untranslatable character, bad encoding, too deep
         return InvalidInput(_one_line(exc.diag.message_primary or str(exc)))
+    if sqlstate in _SCHEMA_MISSING and "fifoq" in str(exc):
+        return FifoqError(_one_line(exc.diag.message_primary or str(exc)) + _MIGRATE_HINT)
     return None
 
 

@@ -295,7 +295,7 @@ class QueueManager:
         params = {
             "action": action,
             "payloads": [
-                to_json(p, what=f"payload {i}", limit=self.max_payload_bytes)
+                to_json(p, what=f"payload {i} for action {action!r}", limit=self.max_payload_bytes)
                 for i, p in enumerate(values)
             ],
             "group": check_group(group),
@@ -663,7 +663,9 @@ class QueueManager:
         check_action(action)
         params = {
             "action": action,
-            "payload": to_json(payload, what="payload", limit=self.max_payload_bytes),
+            "payload": to_json(
+                payload, what=f"payload for action {action!r}", limit=self.max_payload_bytes
+            ),
             "group": check_group(group),
             "owner": owner,
         }

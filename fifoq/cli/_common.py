@@ -19,7 +19,7 @@ import typer
 from rich.console import Console
 
 from ..dsn import DSN_ENV, resolve_dsn, scrub
-from ..errors import FifoqError, InvalidInput, InvalidPolicy
+from ..errors import FifoqError, InvalidInput, InvalidPolicy, error_from_database
 from ..manager import QueueManager
 from ..models import Execution
 from ..validation import DEFAULT_MAX_PAYLOAD_BYTES, to_json
@@ -53,10 +53,8 @@ DebugOption = Annotated[
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
+
 # SQLSTATEs that mean the schema is missing or older than this fifoq.
-_SCHEMA_MISSING = {"42P01", "42883", "3F000", "42704"}
-
-
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``fifoq: error: <message>`` as one line on stderr and exit with ``code``."""
     one_line = re.sub(r"\s+", " ", message).strip()
@@ -89,10 +87,8 @@ def errors_handled(debug: bool, dsn: str = "") -> Iterator[None]:
     except psycopg.Error as exc:
         if debug:
             raise
-        message = str(exc) or type(exc).__name__
-        if exc.sqlstate in _SCHEMA_MISSING:
-            message += " (is the fifoq schema installed? run `fifoq migrate`)"
-        fail(scrub(message, dsn))
+        # Also what no fifoq call wrapped (a missing schema, say).
+        fail(scrub(str(error_from_database(exc) or exc) or type(exc).__name__, dsn))
     except BrokenPipeError:
         # Whoever read the output stopped (`fifoq migrate --sql | head`): not
         # an error to report. Output goes nowhere from here on, so the flush

@@ -22,7 +22,7 @@ async def test_payloads_over_the_configured_limit_are_refused_before_the_databas
         for payload in ({"x": "a" * 2000}, ["é" * 600], "z" * (64 * 1024 * 1024)):
             with pytest.raises(
                 InvalidInput,
-                match=r"payload is \d+ bytes of JSON, over the limit "
+                match=r"payload for action 'abuse.big' is \d+ bytes of JSON, over the limit "
                 r"of 1000 bytes",
             ):
                 await qm.enqueue("abuse.big", payload)
@@ -50,7 +50,10 @@ async def test_deeply_nested_payloads_get_a_clear_error_and_nothing_crashes(dsn:
         with pytest.raises(InvalidInput) as refused:
             await qm.enqueue("abuse.deep", nested(100_000))
         message = str(refused.value)
-        assert "payload is not JSON-serialisable" in message and "\n" not in message
+        assert (
+            "payload for action 'abuse.deep' is not JSON-serialisable" in message
+            and "\n" not in message
+        )
         execution = await qm.enqueue_and_wait("abuse.deep", nested(100))  # deep, but fine
         with pytest.raises(InvalidInput, match="result is not JSON-serialisable"):
             await qm.complete(execution.id, result={"deep": nested(100_000)})

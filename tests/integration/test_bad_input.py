@@ -288,7 +288,9 @@ async def test_oversized_payloads_are_refused_at_the_configured_limit(
     message = await assert_refused(
         dsn, lambda: small.enqueue("bad.size", too_big), InvalidInput, "payload", "65", "64"
     )
-    assert message == "payload is 65 bytes of JSON, over the limit of 64 bytes"
+    assert message == (
+        "payload for action 'bad.size' is 65 bytes of JSON, over the limit of 64 bytes"
+    )
     # Multibyte characters count in bytes, not characters.
     await assert_refused(
         dsn, lambda: small.enqueue("bad.size", {"k": "é" * 30}), InvalidInput, "bytes"

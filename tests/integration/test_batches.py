@@ -609,18 +609,18 @@ async def test_a_bad_payload_is_named_by_its_index_and_nothing_is_stored(
         lambda: qm.enqueue_many("many.badpayload", [{"ok": 1}, NotJson(), {"ok": 2}]),
         InvalidInput,
     )
-    assert message.startswith("payload 1 is not JSON-serialisable")
+    assert message.startswith("payload 1 for action 'many.badpayload' is not JSON-serialisable")
     await assert_refused(
         dsn,
         lambda: qm.enqueue_many("many.badpayload", [None, {}, {"k": "x" * 57}]),
         InvalidInput,
-        "payload 2 is 65 bytes of JSON, over the limit of 64 bytes",
+        "payload 2 for action 'many.badpayload' is 65 bytes of JSON, over the limit of 64 bytes",
     )
     await assert_refused(
         dsn,
         lambda: qm.enqueue_many("many.badpayload", [{"k": "a\x00b"}]),
         InvalidInput,
-        "payload 0 contains a NUL",
+        "payload 0 for action 'many.badpayload' contains a NUL",
     )
     assert (await qm.stats("many.badpayload")).total_enqueued == 1
 

@@ -330,3 +330,13 @@ def test_every_table_view_and_function_of_the_schema_has_a_comment(empty_dsn: st
             """
         ).fetchall()
     assert not bare, f"objects without COMMENT ON: {[name for (name,) in bare]}"
+
+
+@pytest.mark.parametrize("register", [True, False], ids=["executor", "plain client"])
+async def test_the_api_on_an_unmigrated_database_says_to_migrate(
+    empty_dsn: str, register: bool
+) -> None:
+    # A FifoqError that says what to do, not psycopg's InvalidSchemaName.
+    with pytest.raises(fifoq.FifoqError, match=r"run `fifoq migrate` or fifoq\.migrate\(\)"):
+        async with fifoq.QueueManager.connect(empty_dsn, register_executor=register) as qm:
+            await qm.get(1)
