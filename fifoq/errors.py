@@ -109,6 +109,10 @@ _BY_SQLSTATE: dict[str, type[FifoqError]] = {
 # of fifoq's objects, it means the schema was never migrated here, or is
 # older than this package.
 _SCHEMA_MISSING = frozenset({"3F000", "42P01", "42883", "42704"})
+# Names fifoq's schema or an object in it ('schema "fifoq"', 'relation
+# "fifoq.executions"', 'function fifoq.enqueue(...)'): the primary message
+# only, as str(exc) also quotes the statement, which may be a caller's own.
+_FIFOQ_OBJECT = re.compile(r'"fifoq"|\bfifoq\.')
 _MIGRATE_HINT = (
     " (is the fifoq schema installed and up to date? run `fifoq migrate` or fifoq.migrate())"
 )
@@ -133,8 +137,9 @@ def error_from_database(exc: psycopg.Error) -> FifoqError | None:
     if sqlstate in ("22P02", "22P05", "22021", "54000", "54001"):
         # invalid JSON text, untranslatable character, bad encoding, too deep
         return InvalidInput(_one_line(exc.diag.message_primary or str(exc)))
-    if sqlstate in _SCHEMA_MISSING and "fifoq" in str(exc):
-        return FifoqError(_one_line(exc.diag.message_primary or str(exc)) + _MIGRATE_HINT)
+    primary = exc.diag.message_primary or ""
+    if sqlstate in _SCHEMA_MISSING and _FIFOQ_OBJECT.search(primary):
+        return FifoqError(_one_line(primary) + _MIGRATE_HINT)
     return None
 
 

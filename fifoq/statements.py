@@ -226,21 +226,51 @@ class Statements:
 
 @contextlib.asynccontextmanager
 async def _savepoint(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    """A savepoint around one statement in the caller's open transaction.
+    """A savepoint around one statement in the caller's transaction.
 
     A refusal (``QueueFull``, ``PolicyRejected``, a bad group from
     ``group_by``) then undoes the statement only: the caller may catch it and
     go on in the same transaction, and the queue lock the statement took is
     let go at once (it is held to the caller's commit only on success). Two
-    more round trips (SAVEPOINT, RELEASE), on this path only. A connection
-    not in a transaction yet gets none: the statement starts the caller's
-    transaction, and a savepoint there would make psycopg commit it.
+    more round trips, on this path only.
+
+    Plain SQL, not ``conn.transaction()``: on a connection that is not in
+    autocommit and has no transaction open yet, psycopg would make that an
+    outer transaction and commit it; here the SAVEPOINT is sent like any
+    statement, so psycopg opens the caller's transaction first and leaves
+    it open. An autocommit connection outside ``BEGIN`` has no transaction
+    to keep (the statement is its own); in pipeline mode, what is queued is
+    synced first to find out.
     """
-    if conn.info.transaction_status is not psycopg.pq.TransactionStatus.INTRANS:
+    if conn.autocommit:
+        await _sync_if_pipelined(conn)
+        if conn.info.transaction_status is not psycopg.pq.TransactionStatus.INTRANS:
+            yield
+            return
+    await conn.execute("SAVEPOINT fifoq_statement")
+    try:
         yield
-        return
-    async with conn.transaction():
-        yield
+    except BaseException:
+        # Back to before the statement; if even that fails (a broken
+        # connection), the caller's transaction is lost anyway: the
+        # statement's own error is the one to report.
+        # In pipeline mode the failed segment is synced first (what was
+        # queued behind the error is skipped), and the rollback then too,
+        # so that it has happened when the error reaches the caller.
+        with contextlib.suppress(psycopg.Error):
+            await _sync_if_pipelined(conn)
+            await conn.execute("ROLLBACK TO SAVEPOINT fifoq_statement")
+            await conn.execute("RELEASE SAVEPOINT fifoq_statement")
+            await _sync_if_pipelined(conn)
+        raise
+    await conn.execute("RELEASE SAVEPOINT fifoq_statement")
+
+
+async def _sync_if_pipelined(conn: psycopg.AsyncConnection[Any]) -> None:
+    """In pipeline mode, send what is queued and process its results now."""
+    if conn.pgconn.pipeline_status is not psycopg.pq.PipelineStatus.OFF:
+        async with conn.pipeline() as pipeline:
+            await pipeline.sync()
 
 
 @contextlib.asynccontextmanager

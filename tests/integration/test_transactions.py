@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import psycopg
 import pytest
@@ -59,20 +60,28 @@ async def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(
 
 
 @pytest.mark.parametrize("many", [False, True], ids=["enqueue", "enqueue_many"])
+@pytest.mark.parametrize("opened", ["block", "implicit", "pipeline"])
 async def test_a_refused_enqueue_leaves_the_callers_transaction_usable(
-    qm: QueueManager, dsn: str, many: bool
+    qm: QueueManager, dsn: str, many: bool, opened: str
 ) -> None:
     # A refusal undoes only the enqueue (a savepoint around it), as a caller
     # who catches QueueFull and goes on in the same transaction expects; and
     # it lets go of the queue's lock at once, not when the caller commits.
+    # The caller's transaction is a `conn.transaction()` block, or the one
+    # psycopg opens for the enqueue as the first statement (not autocommit),
+    # or a block in pipeline mode with a statement still queued.
     await qm.set_policy("tx.full", max_concurrent=1, max_queue_length=0)
     await qm.enqueue("tx.full")  # takes the one slot; nobody may wait
     before = await counts(dsn)
     async with await psycopg.AsyncConnection.connect(dsn) as conn:
         await conn.execute("CREATE TABLE orders (id int PRIMARY KEY)")
         await conn.commit()
-        async with conn.transaction():
-            await conn.execute("INSERT INTO orders VALUES (1)")
+        async with contextlib.AsyncExitStack() as stack:
+            if opened == "pipeline":
+                await stack.enter_async_context(conn.pipeline())
+            if opened != "implicit":
+                await stack.enter_async_context(conn.transaction())
+                await conn.execute("INSERT INTO orders VALUES (1)")
             with pytest.raises(QueueFull):
                 if many:
                     await qm.enqueue_many("tx.full", [{"order": 1}], conn=conn)
@@ -83,6 +92,20 @@ async def test_a_refused_enqueue_leaves_the_callers_transaction_usable(
             # same queue is answered now, not after the caller's commit.
             with pytest.raises(QueueFull):
                 await asyncio.wait_for(qm.enqueue("tx.full"), 10)
+        if opened == "implicit":
+            await conn.commit()
         cur = await conn.execute("SELECT array_agg(id ORDER BY id) FROM orders")
-        assert await cur.fetchone() == ([1, 2],)
+        assert await cur.fetchone() == ([2] if opened == "implicit" else [1, 2],)
     assert await counts(dsn) == before
+
+
+async def test_a_callers_own_missing_table_is_not_taken_for_a_missing_schema(
+    qm: QueueManager, dsn: str
+) -> None:
+    # In pipeline mode the caller's queued statement fails during the
+    # enqueue: its error stays psycopg's, though its text mentions fifoq.
+    async with await psycopg.AsyncConnection.connect(dsn) as conn:
+        with pytest.raises(psycopg.errors.UndefinedTable, match="no_such_orders"):
+            async with conn.pipeline(), conn.transaction():
+                await conn.execute("INSERT INTO no_such_orders (fifoq_execution_id) VALUES (1)")
+                await qm.enqueue("tx.mine", conn=conn)
