@@ -251,12 +251,12 @@ async def _savepoint(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
     try:
         yield
     except BaseException:
-        # Back to before the statement; if even that fails (a broken
-        # connection), the caller's transaction is lost anyway: the
-        # statement's own error is the one to report.
-        # In pipeline mode the failed segment is synced first (what was
-        # queued behind the error is skipped), and the rollback then too,
-        # so that it has happened when the error reaches the caller.
+        # Back to before the statement. In pipeline mode the failed segment
+        # is synced first (what was queued behind the error is skipped), and
+        # the rollback then too, so that it has happened when the error
+        # reaches the caller. If even that fails (a broken connection), the
+        # caller's transaction is lost anyway: the statement's own error is
+        # the one to report.
         with contextlib.suppress(psycopg.Error):
             await _sync_if_pipelined(conn)
             await conn.execute("ROLLBACK TO SAVEPOINT fifoq_statement")
