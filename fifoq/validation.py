@@ -233,5 +233,11 @@ def check_policy(
             raise InvalidPolicy(
                 f"invalid policy for action {name!r}: group_by key {key!r} {key_problem}"
             )
+        if key in keys:
+            # Its value would be in the group twice: the same grouping under
+            # other group names (the database refuses it too, sql/0018).
+            raise InvalidPolicy(
+                f"invalid policy for action {name!r}: group_by names key {key!r} twice"
+            )
         keys.append(key)
     return name, limit, length, timeout, str(on_limit), keys

@@ -1876,6 +1876,13 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
             MESSAGE = (SELECT format('invalid policy for action %L: group_by key %L %s', p_action, k, fifoq.name_problem(k))
                        FROM unnest(p_group_by) k WHERE NOT coalesce(fifoq.valid_name(k), false) LIMIT 1);
+    ELSIF cardinality(p_group_by) > (SELECT count(DISTINCT k) FROM unnest(p_group_by) k) THEN
+        -- A key named twice adds its value to the group twice: no new
+        -- grouping, only a group name that differs from the single key's.
+        RAISE EXCEPTION USING ERRCODE = 'FQ400',
+            MESSAGE = (SELECT format('invalid policy for action %L: group_by names key %L twice', p_action, k)
+                       FROM unnest(p_group_by) WITH ORDINALITY AS u(k, i)
+                       GROUP BY k HAVING count(*) > 1 ORDER BY min(i) LIMIT 1);
     END IF;
 
     INSERT INTO fifoq.policies AS p (action, max_concurrent, max_queue_length, queue_timeout, on_limit, group_by)

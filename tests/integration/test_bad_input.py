@@ -180,11 +180,14 @@ BAD_POLICIES: list[tuple[str, dict[str, Any]]] = [
     ("group_by", {"group_by": ["a\x00b"]}),
     ("group_by", {"group_by": ["ok", 1]}),
     ("group_by", {"group_by": None}),
+    ("group_by names key 'host' twice", {"group_by": ["host", "port", "host"]}),
 ]
 
 
 @pytest.mark.parametrize(
-    ("field", "bad"), BAD_POLICIES, ids=[f"{f}={v[f]!r}" for f, v in BAD_POLICIES]
+    ("field", "bad"),
+    BAD_POLICIES,
+    ids=[f"{next(iter(v))}={next(iter(v.values()))!r}" for _, v in BAD_POLICIES],
 )
 async def test_invalid_policy_values_are_refused(
     qm: QueueManager, dsn: str, field: str, bad: dict[str, Any]
@@ -221,6 +224,7 @@ async def test_the_database_refuses_invalid_policies_from_sql_callers(
         (3, math.inf, "queue_timeout"),
         (4, "drop", "on_limit"),
         (5, [""], "group_by"),
+        (5, ["host", "port", "host"], "group_by names key 'host' twice"),
         (0, "x\ny", "action name"),
     ]
     before = await counts(dsn)
