@@ -376,7 +376,10 @@ class QueueManager:
         per call. Returns the executions in the order given.
         """
         completed, _ = await self._complete_many(
-            outcomes, claimer=None, claim_actions=None, claim_limit=0
+            as_list(outcomes, what="outcomes", item="fifoq.Outcome items"),
+            claimer=None,
+            claim_actions=None,
+            claim_limit=0,
         )
         return completed
 
@@ -403,13 +406,12 @@ class QueueManager:
 
     async def _complete_many(
         self,
-        outcomes: Iterable[Outcome],
+        items: list[Outcome],
         *,
         claimer: int | None,
         claim_actions: list[str] | None,
         claim_limit: int,
     ) -> tuple[list[Execution], list[Execution]]:
-        items = as_list(outcomes, what="outcomes", item="fifoq.Outcome items")
         check_batch_size(len(items), what="outcomes")
         ids: list[int] = []
         results: list[str | None] = []

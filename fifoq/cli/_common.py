@@ -54,7 +54,6 @@ DebugOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
-# SQLSTATEs that mean the schema is missing or older than this fifoq.
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``fifoq: error: <message>`` as one line on stderr and exit with ``code``."""
     one_line = re.sub(r"\s+", " ", message).strip()

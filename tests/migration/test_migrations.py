@@ -14,6 +14,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from helpers import wait_until_sync
 from psycopg import sql
 from schema_dump import SCHEMA_FILE, dump_schema
 
@@ -289,11 +290,16 @@ def test_queues_named_before_0013_still_drain_after_the_upgrade(empty_dsn: str) 
         assert status(second) == "active"  # the next in line, admitted by the completion
         assert conn.execute("SELECT fifoq.cancel(%s)", (third,)).fetchone() == (True,)
         conn.execute("SELECT fifoq.cancel(%s)", (oddly_named,))
-        # Past the 0.2 s deadline, one pass times out the plain queue's waiter.
-        conn.execute("SELECT pg_sleep(0.3)")
         conn.execute("SELECT fifoq.complete(%s, 'null', NULL)", (second,))
-        conn.execute("SELECT fifoq.maintain()")
-        assert status(waiting) == "timed_out", status(busy)
+
+        def maintained() -> bool:
+            # A pass that failed would raise here; once the plain queue's
+            # waiter is past its 0.2 s deadline, a pass times it out.
+            conn.execute("SELECT fifoq.maintain()")
+            return status(waiting) == "timed_out"
+
+        wait_until_sync(maintained, message="the plain queue's waiter timed out by maintain()")
+        assert status(busy) == "active"
         counters = conn.execute(
             "SELECT queued_count, active_count FROM fifoq.queues WHERE group_key = %s", (group,)
         ).fetchone()
