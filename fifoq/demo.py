@@ -182,6 +182,7 @@ class _Scenario:
             )
             await self._start_workers()
             try:
+                await self._wait_for_workers()
                 await self._produce_and_watch(qm)
             finally:
                 await self._stop_workers()
@@ -234,6 +235,26 @@ class _Scenario:
             f"fifoq worker fifoq.demo:app --concurrency {self.options.concurrency} "
             "--keep-slot-under 0"
         )
+
+    async def _wait_for_workers(self, timeout: float = 60.0) -> None:
+        """Return once every worker process is connected (else the first one up takes all)."""
+        deadline = time.monotonic() + timeout
+        async with await psycopg.AsyncConnection.connect(self.dsn, autocommit=True) as conn:
+            while True:
+                cur = await conn.execute(
+                    _query("workers_connected"), {"pids": self.run.worker_pids}
+                )
+                row = await cur.fetchone()
+                if row is not None and row[0] >= len(self.procs):
+                    return
+                exited = [p.pid for p in self.procs if p.returncode is not None]
+                if exited:
+                    raise RuntimeError(
+                        f"worker process(es) {exited} exited at start; see {self.log_dir}"
+                    )
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the workers did not connect within {timeout:g} s")
+                await asyncio.sleep(0.05)
 
     async def _stop_workers(self) -> None:
         for proc in self.procs:

@@ -98,6 +98,14 @@ WHERE q.action LIKE %(prefix)s AND e.id >= %(first_id)s
 GROUP BY x.id, x.name, x.pid
 ORDER BY x.id;
 
+-- name: workers_connected
+-- How many of the demo's worker processes are connected executors: a worker
+-- registers before it claims anything, so once all are, work is spread
+-- over all of them from the first execution on.
+SELECT count(DISTINCT pid)::integer AS connected
+FROM fifoq.executors
+WHERE pid = ANY (%(pids)s) AND ended_at IS NULL;
+
 -- name: unfinished
 -- This run's executions still waiting or running.
 SELECT count(*)::integer AS n
