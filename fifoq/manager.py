@@ -36,12 +36,14 @@ from .queries import query
 from .statements import Change, Statements, being_cancelled, changed_rows
 from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
+    MAX_BATCH,
     as_list,
     check_action,
     check_batch_size,
     check_error_text,
     check_execution_id,
     check_group,
+    check_limit,
     check_policy,
     check_timeout,
     to_json,
@@ -474,6 +476,23 @@ class QueueManager:
             raise UnknownExecution(f"unknown execution {execution_id}")
         return Execution.from_row(row)
 
+    async def list_executions(
+        self, action: str, *, group: str | None = None, limit: int = 100
+    ) -> list[Execution]:
+        """The live executions of an action: active ones, then the waiting line in start order.
+
+        All of the action's groups (ordered by group), or only ``group``.
+        At most ``limit`` rows (1 to 10,000). A plain read: finished
+        executions are not listed (``get`` shows one).
+        """
+        check_action(action)
+        group_key = None if group is None else check_group(group) or ""
+        limit = check_limit(limit, maximum=MAX_BATCH)
+        rows = await self._db.rows(
+            query("list_executions"), {"action": action, "group": group_key, "limit": limit}
+        )
+        return [Execution.from_row(r) for r in rows]
+
     async def claim(self, actions: Sequence[str] | None, limit: int) -> list[Execution]:
         """Take up to ``limit`` admitted executions nobody owns (worker use), in seq order.
 
@@ -634,8 +653,7 @@ class QueueManager:
             older_than = timedelta(seconds=older_than)
         if older_than < timedelta(0):
             raise InvalidInput(f"older_than must not be negative, got {older_than}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 2**31 - 1:
-            raise InvalidInput(f"limit must be an integer from 1 to 2147483647, got {limit!r}")
+        limit = check_limit(limit, maximum=2**31 - 1)
         row = await self._db.one(query("purge"), {"older_than": older_than, "limit": limit})
         return Purged(**row["purged"])
 

@@ -70,6 +70,47 @@ SELECT id, action, "group", seq, status, payload, result, error,
 FROM fifoq.execution_details
 WHERE id = %(id)s;
 
+-- name: list_executions
+-- The live executions of an action's queues (all groups, or one): the active
+-- ones, then the waiting line in the order it will start. Neither part reads
+-- the finished history, so the cost does not grow with it:
+-- - active rows come from the two partial indexes that together hold every
+--   one: executions_unclaimed (queue_id, seq; active and unowned) and
+--   executions_owned (owner; live and owned, scanned whole: it holds only
+--   live executions of connected executors);
+-- - waiting rows from executions_queue_head (queue_id, seq; queued),
+--   starting at each queue's line start (admitted_seq, see 0012), at most
+--   %(limit)s per queue before the overall limit.
+-- No locks: a plain read, so a row may be a flush ahead of its waiter.
+WITH line AS (
+    SELECT id, action, group_key, admitted_seq
+    FROM fifoq.queues
+    WHERE action = %(action)s
+      AND (%(group)s::text IS NULL OR group_key = %(group)s::text)
+), live AS (
+    SELECT e.*, l.action, l.group_key
+    FROM line l JOIN fifoq.executions e ON e.queue_id = l.id
+    WHERE e.status = 'active' AND e.owner IS NULL
+    UNION ALL
+    SELECT e.*, l.action, l.group_key
+    FROM fifoq.executions e JOIN line l ON l.id = e.queue_id
+    WHERE e.status = 'active' AND e.owner IS NOT NULL
+    UNION ALL
+    SELECT w.*, l.action, l.group_key
+    FROM line l
+    CROSS JOIN LATERAL (
+        SELECT e.* FROM fifoq.executions e
+        WHERE e.queue_id = l.id AND e.status = 'queued' AND e.seq > l.admitted_seq
+        ORDER BY e.seq
+        LIMIT %(limit)s
+    ) w
+)
+SELECT id, action, group_key AS "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM live
+ORDER BY group_key, status = 'queued', seq
+LIMIT %(limit)s;
+
 -- name: claim
 -- A worker takes admitted executions that nobody owns yet.
 SELECT id, action, "group", seq, status, payload, result, error,

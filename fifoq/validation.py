@@ -169,6 +169,13 @@ def check_batch_size(count: int, *, what: str) -> None:
         raise InvalidInput(f"{what}: {count} in one call, over the limit of {MAX_BATCH}")
 
 
+def check_limit(limit: object, *, maximum: int) -> int:
+    """Return a row limit (an integer from 1 to ``maximum``), or raise InvalidInput."""
+    if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= maximum:
+        raise InvalidInput(f"limit must be an integer from 1 to {maximum}, got {limit!r}")
+    return limit
+
+
 def _check_int(action: str, field: str, value: object, minimum: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise InvalidPolicy(

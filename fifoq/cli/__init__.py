@@ -10,7 +10,7 @@ import typer
 
 from .. import __version__
 from ..dsn import DSN_ENV
-from . import demo, executions, migrate, policy, purge, stats, worker
+from . import demo, executions, line, migrate, policy, purge, stats, worker
 from ._common import DEBUG_ENV
 from .bench import bench
 
@@ -70,6 +70,7 @@ def _root(
 migrate.register(app)
 app.add_typer(policy.policy_app)
 executions.register(app)
+line.register(app)
 stats.register(app)
 worker.register(app)
 demo.register(app)

@@ -225,6 +225,18 @@ def console() -> Console:
     return Console(width=160)
 
 
+def format_age(since: datetime | None, now: datetime) -> str:
+    """How long ago ``since`` was, for people: "4.2 s", "3.0 min", "1.5 h"; "-" for None."""
+    if since is None:
+        return "-"
+    seconds = max((now - since).total_seconds(), 0.0)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    if seconds < 3600:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 def format_execution(execution: Execution) -> str:
     """An execution as aligned ``field  value`` lines for people."""
 

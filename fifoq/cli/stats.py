@@ -25,6 +25,7 @@ from ._common import (
     connection_string,
     console,
     errors_handled,
+    format_age,
     print_json,
     run,
     to_jsonable,
@@ -81,17 +82,6 @@ class Throughput:
         return rates
 
 
-def _age(since: datetime | None, now: datetime) -> str:
-    if since is None:
-        return "-"
-    seconds = max((now - since).total_seconds(), 0.0)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    if seconds < 3600:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
 def stats_table(
     rows: list[QueueStats],
     rates: dict[tuple[str, str], float] | None = None,
@@ -115,7 +105,7 @@ def stats_table(
             str(row.queue_length),
             str(row.active_count),
             "∞" if row.max_concurrent is None else str(row.max_concurrent),
-            _age(row.oldest_enqueued_at, row.last_updated),
+            format_age(row.oldest_enqueued_at, row.last_updated),
             str(row.total_enqueued),
             str(row.total_completed),
             str(row.total_failed),

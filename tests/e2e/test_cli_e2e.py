@@ -68,6 +68,7 @@ COMMANDS = [
     ["get"],
     ["complete"],
     ["cancel"],
+    ["list"],
     ["stats"],
     ["worker"],
     ["demo"],
@@ -208,6 +209,42 @@ def test_policy_enqueue_complete_cancel_and_stats(dsn: str) -> None:
     assert "error        disk full" in text.stdout
 
 
+def test_list_shows_the_active_then_the_line_with_places(dsn: str) -> None:
+    assert (
+        run_cli("policy", "set", "cli.line", "--max-concurrent", "1", "--dsn", dsn).returncode == 0
+    )
+    ids = []
+    for n in range(3):
+        made = run_cli("enqueue", "cli.line", "--payload", f'{{"n": {n}}}', "-q", "--dsn", dsn)
+        assert made.returncode == 0, made.stderr
+        ids.append(int(made.stdout))
+
+    listed = run_cli("list", "cli.line", "--json", "--dsn", dsn)
+    assert listed.returncode == 0, listed.stderr
+    rows = json.loads(listed.stdout)
+    assert [(r["id"], r["status"], r["payload"]) for r in rows] == [
+        (ids[0], "active", {"n": 0}),
+        (ids[1], "queued", {"n": 1}),
+        (ids[2], "queued", {"n": 2}),
+    ]
+
+    table = run_cli("list", "cli.line", "--limit", "2", "--dsn", dsn)
+    assert table.returncode == 0, table.stderr
+    assert "cli.line: 1 active, 2 waiting (first 2 shown" in table.stdout
+    cells = [
+        [cell.strip() for cell in line.split("│")[1:-1]]
+        for line in table.stdout.splitlines()
+        if line.startswith("│")
+    ]
+    # group, seq, id, status, place, for, owner, payload; the third is cut by --limit
+    assert [(c[2], c[3], c[4], c[6], c[7]) for c in cells] == [
+        (str(ids[0]), "active", "-", "-", '{"n": 0}'),
+        (str(ids[1]), "queued", "1", "-", '{"n": 1}'),
+    ]
+    empty = run_cli("list", "cli.nothing", "--dsn", dsn)
+    assert empty.returncode == 0 and "nothing active or waiting" in empty.stdout
+
+
 def test_dsn_is_also_accepted_before_the_command(dsn: str) -> None:
     before = run_cli("--dsn", dsn, "enqueue", "cli.where", "-q")
     assert before.returncode == 0, before.stderr
@@ -321,6 +358,8 @@ USAGE_ERRORS = [
     (["policy", "set", "x", "--max-concurrent", "1", "--on-limit", "drop"], "--on-limit"),
     (["complete", "not-a-number"], "ID"),
     (["stats", "--group", "g"], "needs ACTION"),
+    (["list", "x", "--limit", "0"], "--limit"),
+    (["list", "bad\x01name"], "invalid action name"),
     (["purge", "--older-than", "soon"], "--older-than"),
     (["purge", "--older-than", "7d", "--batch", "0"], "--batch"),
     (["worker", "no_such_module_here:app"], "no_such_module_here"),

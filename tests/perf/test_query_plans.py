@@ -277,6 +277,29 @@ def test_stats_read_the_queue_head_not_the_history(setup: tuple[PlanCatcher, int
     _assert_uses(refresh, "executions_queue_head", "the refresh of fifoq.queue_stats")
 
 
+@pytest.mark.parametrize("action", ["perf.2", "perf.bare"])
+def test_the_listing_reads_the_live_indexes_not_the_history(
+    setup: tuple[PlanCatcher, int], action: str
+) -> None:
+    catcher, _ = setup
+    # QueueManager.list_executions (fifoq list): active rows from the two
+    # partial indexes that hold every one (perf.2's are owned, perf.bare's
+    # are not), the waiting line from the queue head index.
+    for group in (None, ""):
+        _assert_uses(
+            [
+                _explain(
+                    catcher,
+                    query("list_executions"),
+                    {"action": action, "group": group, "limit": 100},
+                )
+            ],
+            "executions_queue_head",
+            "QueueManager.list_executions",
+            also=("executions_owned", "executions_unclaimed"),
+        )
+
+
 def _executions_scans(plans: list[dict[str, Any]]) -> list[tuple[str, str | None, str]]:
     """(node type, index, statement) of every read of fifoq.executions in the plans."""
     return [
