@@ -621,9 +621,26 @@ class QueueManager:
             last_updated=datetime.now().astimezone(),
         )
 
-    async def live_stats(self) -> list[QueueStats]:
-        """Live statistics of every queue."""
-        return [QueueStats.from_row(r) for r in await self._db.rows(query("stats_live_all"), {})]
+    async def live_stats(
+        self, action: str | None = None, *, group: str | None = None
+    ) -> list[QueueStats]:
+        """Live statistics of every queue, or of one action's queues, ordered by action and group.
+
+        With ``action``: all of its groups, or only ``group`` (``""`` is the
+        default group), as in :meth:`list_executions`; queues never used
+        have no row. ``group`` without ``action`` is ``InvalidInput``.
+        """
+        if action is None:
+            if group is not None:
+                raise InvalidInput("live_stats: group needs an action")
+            rows = await self._db.rows(query("stats_live_all"), {})
+        else:
+            check_action(action)
+            group_key = None if group is None else check_group(group) or ""
+            rows = await self._db.rows(
+                query("stats_live_action"), {"action": action, "group": group_key}
+            )
+        return [QueueStats.from_row(r) for r in rows]
 
     async def refresh_stats(self) -> None:
         """Refresh the materialized view ``fifoq.queue_stats`` (concurrently)."""

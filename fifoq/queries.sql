@@ -135,6 +135,14 @@ WHERE action = %(action)s AND "group" = %(group)s;
 -- name: stats_live_all
 SELECT * FROM fifoq.queue_stats_live ORDER BY action, "group";
 
+-- name: stats_live_action
+-- One action's queues (all groups, or one): the filter reaches fifoq.queues
+-- through the view, so this reads the action's rows by queues_action_group_key
+-- instead of every queue.
+SELECT * FROM fifoq.queue_stats_live
+WHERE action = %(action)s AND (%(group)s::text IS NULL OR "group" = %(group)s::text)
+ORDER BY "group";
+
 -- name: refresh_stats
 SELECT fifoq.refresh_stats();
 

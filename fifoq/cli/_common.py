@@ -10,6 +10,7 @@ import json
 import os
 import re
 import sys
+import unicodedata
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from datetime import datetime, timedelta
 from typing import Annotated, Any, NoReturn, TypeVar
@@ -237,6 +238,31 @@ def format_age(since: datetime | None, now: datetime) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
+# Characters a terminal acts on instead of showing: C0/C1 controls (ANSI
+# escapes start with one), format characters (bidi overrides, zero-width),
+# line and paragraph separators.
+_UNSHOWN = frozenset(("Cc", "Cf", "Zl", "Zp"))
+
+
+def terminal_safe(text: str) -> str:
+    """``text`` with every control, format or separator character shown as an escape.
+
+    Payloads, results and errors come from users and their programs: printed
+    raw, an ANSI sequence or a bidi override would change what the terminal
+    shows. Escaped they stay visible, on one line.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        char if unicodedata.category(char) not in _UNSHOWN else _escape(char) for char in text
+    )
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
 def format_execution(execution: Execution) -> str:
     """An execution as aligned ``field  value`` lines for people."""
 
@@ -246,8 +272,8 @@ def format_execution(execution: Execution) -> str:
         if isinstance(value, datetime):
             return value.isoformat(sep=" ", timespec="milliseconds")
         if isinstance(value, dict | list | bool | int | float) and not isinstance(value, enum.Enum):
-            return json.dumps(value, ensure_ascii=False)
-        return str(value)
+            return terminal_safe(json.dumps(value, ensure_ascii=False))
+        return terminal_safe(str(value))
 
     fields = [
         ("id", execution.id),

@@ -8,8 +8,8 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
-from ..manager import QueueManager
 from ..models import Execution, QueueStats, Status
 from ..validation import MAX_BATCH, check_action, check_group
 from ._common import (
@@ -23,8 +23,8 @@ from ._common import (
     format_age,
     print_json,
     run,
+    terminal_safe,
 )
-from .stats import fetch
 
 EPILOG = "Example: fifoq list core.deploy;  fifoq list core.deploy --group web-1 --json"
 
@@ -32,27 +32,47 @@ EPILOG = "Example: fifoq list core.deploy;  fifoq list core.deploy --group web-1
 PAYLOAD_CHARS = 48
 
 
-def summary(action: str, shown: int, totals: list[QueueStats]) -> str:
-    """One line above the table: how many are active and waiting, and how many are shown."""
-    active = sum(row.active_count for row in totals)
-    waiting = sum(row.queue_length for row in totals)
+def summary(
+    action: str, executions: list[Execution], limit: int, totals: list[QueueStats] | None
+) -> str:
+    """One line above the table: how many are active and waiting, and how many are shown.
+
+    A listing shorter than ``limit`` is everything live, so it is counted
+    itself and the line cannot contradict the table. A full one is counted
+    from ``totals`` (the queues' counters, read just after), never as fewer
+    than the rows shown.
+    """
+    shown_active = sum(1 for e in executions if e.status is not Status.QUEUED)
+    shown_waiting = len(executions) - shown_active
+    if totals is None or len(executions) < limit:
+        active, waiting = shown_active, shown_waiting
+    else:
+        active = max(sum(row.active_count for row in totals), shown_active)
+        waiting = max(sum(row.queue_length for row in totals), shown_waiting)
     text = f"{action}: {active:,} active, {waiting:,} waiting"
-    if shown < active + waiting:
-        text += f" (first {shown:,} shown; --limit shows more)"
+    if len(executions) < active + waiting:
+        text += f" (first {len(executions):,} shown"
+        text += "; --limit shows more)" if limit < MAX_BATCH else ")"
     return text
 
 
 def line_table(executions: list[Execution], now: datetime) -> Table:
-    """A rich table of an action's live executions, in the order of the listing."""
+    """A rich table of an action's live executions, in the order of the listing.
+
+    Cells are plain text (never rich markup: payloads and group names are
+    the users'); on a narrow terminal the payload column gives way first.
+    """
     table = Table()
-    table.add_column("group", no_wrap=True)
+    # group and payload are the columns that may narrow (not no_wrap); their
+    # cells stay on one line and end in "…" when cut. The others never narrow.
+    table.add_column("group", max_width=24)
     for name in ("seq", "id"):
-        table.add_column(name, justify="right")
-    table.add_column("status")
-    table.add_column("place", justify="right")
-    table.add_column("for", justify="right")
-    table.add_column("owner", justify="right")
-    table.add_column("payload", overflow="ellipsis", no_wrap=True)
+        table.add_column(name, justify="right", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("place", justify="right", no_wrap=True)
+    table.add_column("for", justify="right", no_wrap=True)
+    table.add_column("owner", justify="right", no_wrap=True)
+    table.add_column("payload")
     place: dict[str | None, int] = {}
     for execution in executions:
         since: datetime | None
@@ -63,24 +83,34 @@ def line_table(executions: list[Execution], now: datetime) -> Table:
         else:
             where, since = "-", execution.started_at
         table.add_row(
-            execution.group or "-",
-            str(execution.seq),
-            str(execution.id),
-            str(execution.status),
-            where,
-            format_age(since, now),
-            "-" if execution.owner is None else str(execution.owner),
-            _short(execution.payload),
+            _one_line(terminal_safe(execution.group or "-")),
+            *(
+                Text(cell)
+                for cell in (
+                    str(execution.seq),
+                    str(execution.id),
+                    str(execution.status),
+                    where,
+                    format_age(since, now),
+                    "-" if execution.owner is None else str(execution.owner),
+                )
+            ),
+            _one_line(_short(execution.payload)),
         )
     if not executions:
         table.caption = "nothing active or waiting"
     return table
 
 
+def _one_line(text: str) -> Text:
+    # Plain text (no markup), cut with "…" to the column's width.
+    return Text(text, no_wrap=True, overflow="ellipsis")
+
+
 def _short(payload: Any) -> str:
     if payload is None:
         return "-"
-    text = json.dumps(payload, ensure_ascii=False)
+    text = terminal_safe(json.dumps(payload, ensure_ascii=False))
     return text if len(text) <= PAYLOAD_CHARS else text[: PAYLOAD_CHARS - 1] + "…"
 
 
@@ -88,7 +118,11 @@ def list_line(
     action: Annotated[str, typer.Argument(metavar="ACTION", help="Action name, e.g. core.deploy.")],
     group: Annotated[
         str | None,
-        typer.Option("--group", metavar="G", help="Only this group's queue (default: all)."),
+        typer.Option(
+            "--group",
+            metavar="G",
+            help="Only this group's queue ('' for the default group; default: all groups).",
+        ),
     ] = None,
     limit: Annotated[
         int,
@@ -111,24 +145,21 @@ def list_line(
         check_group(group)
     conninfo = connection_string(dsn)
 
-    async def go() -> tuple[list[Execution], list[QueueStats]]:
+    async def go() -> tuple[list[Execution], list[QueueStats] | None]:
         async with connect(conninfo, "list") as qm:
-            return await _read(qm, action, group, limit, totals=not as_json)
+            executions = await qm.list_executions(action, group=group, limit=limit)
+            # Only a full listing needs the counters to say how much it left out.
+            if as_json or len(executions) < limit:
+                return executions, None
+            return executions, await qm.live_stats(action, group=group)
 
     executions, totals = run(go(), debug=debug, dsn=conninfo)
     if as_json:
         print_json(executions)
     else:
         out = console()
-        out.print(summary(action, len(executions), totals), markup=False, highlight=False)
+        out.print(summary(action, executions, limit, totals), markup=False, highlight=False)
         out.print(line_table(executions, datetime.now(UTC)))
-
-
-async def _read(
-    qm: QueueManager, action: str, group: str | None, limit: int, *, totals: bool
-) -> tuple[list[Execution], list[QueueStats]]:
-    executions = await qm.list_executions(action, group=group, limit=limit)
-    return executions, await fetch(qm, action, group, snapshot=False) if totals else []
 
 
 def register(app: typer.Typer) -> None:

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.live import Live
 from rich.table import Table
+from rich.text import Text
 
 from ..manager import QueueManager
 from ..models import QueueStats
@@ -40,17 +41,17 @@ async def fetch(
     qm: QueueManager, action: str | None, group: str | None, *, snapshot: bool
 ) -> list[QueueStats]:
     """The statistics to show: every queue, or the queues of one action (and group)."""
-    if snapshot:
-        await qm.refresh_stats()
-        rows = await qm.snapshot_stats()
-    else:
-        rows = await qm.live_stats()
+    if not snapshot:
+        rows = await qm.live_stats(action, group=group)  # filtered in SQL
+        if not rows and action is not None:
+            rows = [await qm.stats(action, group=group)]  # zeros: never used yet
+        return rows
+    await qm.refresh_stats()
+    rows = await qm.snapshot_stats()
     if action is not None:
         rows = [r for r in rows if r.action == action]
         if group is not None:
             rows = [r for r in rows if (r.group or "") == group]
-        if not rows and not snapshot:
-            rows = [await qm.stats(action, group=group)]  # zeros: never used yet
     return rows
 
 
@@ -115,7 +116,8 @@ def stats_table(
         ]
         if rates is not None:
             cells.append(f"{rates.get((row.action, row.group or ''), 0.0):.0f}")
-        table.add_row(*cells)
+        # Text, not markup: action and group names are the users' ("[x]" is a valid group).
+        table.add_row(*(Text(cell) for cell in cells))
     if not rows:
         table.caption = "no queues yet: nothing was enqueued"
     return table

@@ -245,6 +245,20 @@ def test_list_shows_the_active_then_the_line_with_places(dsn: str) -> None:
     assert empty.returncode == 0 and "nothing active or waiting" in empty.stdout
 
 
+def test_list_and_stats_print_text_that_looks_like_markup_as_it_is(dsn: str) -> None:
+    made = run_cli(
+        "enqueue", "cli.marks", "--group", "[b]", "--payload", '{"path": "[/etc]"}', "--dsn", dsn
+    )
+    assert made.returncode == 0, made.stderr
+    listed = run_cli("list", "cli.marks", "--dsn", dsn)
+    assert listed.returncode == 0, listed.stderr
+    assert "cli.marks: 1 active, 0 waiting" in listed.stdout
+    assert "[b]" in listed.stdout and '{"path": "[/etc]"}' in listed.stdout
+    stats = run_cli("stats", "cli.marks", "--group", "[b]", "--dsn", dsn)
+    assert stats.returncode == 0, stats.stderr
+    assert "│ cli.marks │ [b]" in stats.stdout
+
+
 def test_dsn_is_also_accepted_before_the_command(dsn: str) -> None:
     before = run_cli("--dsn", dsn, "enqueue", "cli.where", "-q")
     assert before.returncode == 0, before.stderr

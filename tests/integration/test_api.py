@@ -13,6 +13,7 @@ from fifoq import (
     ExecutionAbandoned,
     ExecutionCancelled,
     FifoqError,
+    InvalidInput,
     Outcome,
     QueueManager,
     Status,
@@ -69,6 +70,28 @@ async def test_snapshot_has_one_row_per_queue_and_only_changes_on_refresh(
     await qm.enqueue("api.three")
     assert len(await qm.snapshot_stats()) == 3
     assert len(await qm.live_stats()) == 4
+
+
+async def test_live_stats_of_one_action_are_its_queues_only(qm: QueueManager) -> None:
+    await qm.enqueue("api.mine", group="y")
+    await qm.enqueue_many("api.mine", [None, None], group="x")
+    await qm.enqueue("api.mine")
+    await qm.enqueue("api.mine.not", group="x")
+
+    mine = await qm.live_stats("api.mine")
+    assert [(s.action, s.group, s.active_count) for s in mine] == [
+        ("api.mine", None, 1),
+        ("api.mine", "x", 2),
+        ("api.mine", "y", 1),
+    ]
+    assert [s.group for s in await qm.live_stats("api.mine", group="x")] == ["x"]
+    assert [s.group for s in await qm.live_stats("api.mine", group="")] == [None]
+    assert await qm.live_stats("api.mine", group="nobody") == []
+    assert await qm.live_stats("api.never") == []
+    with pytest.raises(InvalidInput, match="group needs an action"):
+        await qm.live_stats(group="x")
+    with pytest.raises(InvalidInput, match="action"):
+        await qm.live_stats("bad\x01action")
 
 
 async def test_a_waiter_whose_task_is_cancelled_gives_up_its_place(

@@ -277,6 +277,30 @@ def test_stats_read_the_queue_head_not_the_history(setup: tuple[PlanCatcher, int
     _assert_uses(refresh, "executions_queue_head", "the refresh of fifoq.queue_stats")
 
 
+def _queue_reads(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    if node.get("Relation Name") == "queues":
+        yield node
+    for child in node.get("Plans", []):
+        yield from _queue_reads(child)
+
+
+@pytest.mark.parametrize("group", [None, ""])
+def test_one_actions_stats_read_only_its_queues(
+    setup: tuple[PlanCatcher, int], group: str | None
+) -> None:
+    catcher, _ = setup
+    # fifoq stats ACTION / live_stats(action): the action's filter reaches the
+    # scan of fifoq.queues through the view, instead of every queue being read
+    # and the action picked afterwards.
+    plan = _explain(catcher, query("stats_live_action"), {"action": "perf.2", "group": group})
+    reads = list(_queue_reads(plan["Plan"]))
+    assert reads, plan
+    for read in reads:
+        condition = read.get("Index Cond", "") + read.get("Filter", "")
+        assert "action" in condition, f"fifoq.queues read without the action's filter: {read}"
+    _assert_uses([plan], "executions_queue_head", "the live stats of one action")
+
+
 @pytest.mark.parametrize("action", ["perf.2", "perf.bare"])
 def test_the_listing_reads_the_live_indexes_not_the_history(
     setup: tuple[PlanCatcher, int], action: str
