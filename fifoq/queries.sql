@@ -82,25 +82,25 @@ WHERE id = %(id)s;
 --   starting at each queue's line start (admitted_seq, see 0012), at most
 --   %(limit)s per queue before the overall limit.
 -- No locks: a plain read, so a row may be a flush ahead of its waiter.
-WITH line AS (
+WITH action_queues AS (
     SELECT id, action, group_key, admitted_seq
     FROM fifoq.queues
     WHERE action = %(action)s
       AND (%(group)s::text IS NULL OR group_key = %(group)s::text)
 ), live AS (
-    SELECT e.*, l.action, l.group_key
-    FROM line l JOIN fifoq.executions e ON e.queue_id = l.id
+    SELECT e.*, q.action, q.group_key
+    FROM action_queues q JOIN fifoq.executions e ON e.queue_id = q.id
     WHERE e.status = 'active' AND e.owner IS NULL
     UNION ALL
-    SELECT e.*, l.action, l.group_key
-    FROM fifoq.executions e JOIN line l ON l.id = e.queue_id
+    SELECT e.*, q.action, q.group_key
+    FROM fifoq.executions e JOIN action_queues q ON q.id = e.queue_id
     WHERE e.status = 'active' AND e.owner IS NOT NULL
     UNION ALL
-    SELECT w.*, l.action, l.group_key
-    FROM line l
+    SELECT w.*, q.action, q.group_key
+    FROM action_queues q
     CROSS JOIN LATERAL (
         SELECT e.* FROM fifoq.executions e
-        WHERE e.queue_id = l.id AND e.status = 'queued' AND e.seq > l.admitted_seq
+        WHERE e.queue_id = q.id AND e.status = 'queued' AND e.seq > q.admitted_seq
         ORDER BY e.seq
         LIMIT %(limit)s
     ) w
