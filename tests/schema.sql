@@ -554,30 +554,66 @@ COMMENT ON VIEW fifoq.execution_details IS 'Executions with their action and gro
 CREATE FUNCTION fifoq.claim(p_executor bigint, p_actions text[], p_limit integer) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
     SET enable_seqscan TO 'off'
-    AS $$
+    AS $_$
 DECLARE
-    v_queue record;
-    v_taken integer := 0;
-    v_id    bigint;
+    v_queues    refcursor;
+    v_queue_ids integer[];
+    v_queue_id  integer;
+    v_taken     integer := 0;
+    v_id        bigint;
 BEGIN
     -- Workers take admitted, unowned executions of their actions, oldest
     -- admission first. Queues whose lock is busy are skipped, not waited for;
     -- the notification of the next admission brings the worker back.
-    FOR v_queue IN
-        SELECT DISTINCT e.queue_id
-        FROM fifoq.executions e
-        JOIN fifoq.queues q ON q.id = e.queue_id
-        WHERE e.status = 'active' AND e.owner IS NULL
-          AND (p_actions IS NULL OR q.action = ANY (p_actions))
-        ORDER BY e.queue_id
+    --
+    -- The queues that hold such executions, in queue id order, read through
+    -- a cursor (fetched as the loop goes, as the loop over one query was
+    -- before). One statement per case, so that each has its own
+    -- plan: as one statement ("p_actions IS NULL OR q.action = ANY
+    -- (p_actions)") the generic plan that plpgsql caches served both, and
+    -- read every unclaimed execution of every action to keep those of the
+    -- given actions.
+    IF p_actions IS NULL THEN
+        -- Any action: executions_unclaimed holds exactly the rows wanted.
+        OPEN v_queues FOR
+            SELECT DISTINCT e.queue_id
+            FROM fifoq.executions e
+            WHERE e.status = 'active' AND e.owner IS NULL
+            ORDER BY e.queue_id;
+    ELSE
+        -- The given actions' queues (queues_action_group_key), each probed
+        -- in executions_unclaimed (queue_id, seq): unclaimed executions of
+        -- other actions are never read. Planned on every call with the
+        -- actual array (EXECUTE, whose plans are never cached): for an array
+        -- it cannot see, a generic plan guesses that a tenth of all queues
+        -- match and walks all of them (queues_pkey). LATERAL ... LIMIT 1,
+        -- not EXISTS, which may become a semi join that reads all of
+        -- executions_unclaimed first. Collected in an array (these queues
+        -- are few: the actions' queues with work waiting for a worker),
+        -- then read in the array's order.
+        EXECUTE
+            'SELECT ARRAY(
+                 SELECT q.id
+                 FROM fifoq.queues q
+                 CROSS JOIN LATERAL (
+                     SELECT FROM fifoq.executions e
+                     WHERE e.queue_id = q.id AND e.status = ''active'' AND e.owner IS NULL
+                     LIMIT 1
+                 ) unclaimed
+                 WHERE q.action = ANY ($1)
+                 ORDER BY q.id)'
+            INTO v_queue_ids USING p_actions;
+        OPEN v_queues FOR SELECT unnest(v_queue_ids);
+    END IF;
     LOOP
-        EXIT WHEN v_taken >= p_limit;
-        CONTINUE WHEN NOT fifoq.try_lock_queue(v_queue.queue_id);
+        FETCH v_queues INTO v_queue_id;
+        EXIT WHEN NOT FOUND OR v_taken >= p_limit;
+        CONTINUE WHEN NOT fifoq.try_lock_queue(v_queue_id);
         -- One row at a time in seq order (executions_unclaimed), so the
         -- result lists each queue's executions in the order they were admitted.
         FOR v_id IN
             SELECT u.id FROM fifoq.executions u
-            WHERE u.queue_id = v_queue.queue_id AND u.status = 'active' AND u.owner IS NULL
+            WHERE u.queue_id = v_queue_id AND u.status = 'active' AND u.owner IS NULL
             ORDER BY u.seq
             LIMIT p_limit - v_taken
         LOOP
@@ -586,8 +622,9 @@ BEGIN
             RETURN QUERY SELECT * FROM fifoq.execution_details WHERE id = v_id;
         END LOOP;
     END LOOP;
+    CLOSE v_queues;
 END
-$$;
+$_$;
 
 
 --
@@ -1505,10 +1542,22 @@ BEGIN
     --     after the reaper looked), and a reaping cut short by lock_timeout.
     FOR v_executor IN
         SELECT x.id FROM fifoq.executors x
-        WHERE x.ended_at > clock_timestamp() - interval '10 minutes'
-          AND EXISTS (SELECT 1 FROM fifoq.executions e
-                      WHERE e.owner = x.id AND e.status IN ('queued', 'active'))
-        ORDER BY x.id
+        -- v_now, not clock_timestamp(): a volatile bound is no index
+        -- condition, so every executor that ever ended was read, however
+        -- long ago; compared with the variable it is a range of
+        -- executors_ended. The ten minutes count from the pass's start.
+        -- In order of ending (each executor is swept on its own, so any
+        -- order will do), the index's order, and a LATERAL probe of
+        -- executions_owned per executor rather than EXISTS (which may become
+        -- a merge join along executors_pkey): so the generic plan that
+        -- plpgsql may cache keeps to that range too.
+        CROSS JOIN LATERAL (
+            SELECT FROM fifoq.executions e
+            WHERE e.owner = x.id AND e.status IN ('queued', 'active')
+            LIMIT 1
+        ) owned
+        WHERE x.ended_at > v_now - interval '10 minutes'
+        ORDER BY x.ended_at, x.id
     LOOP
         BEGIN
             v_abandoned := v_abandoned + fifoq.abandon_owned(v_executor);
@@ -1521,13 +1570,37 @@ BEGIN
     --    slot. Normally nothing is found; this repairs what an aborted
     --    transaction or a policy change left behind.
     FOR v_queue_id IN
-        -- The policy in force, as fifoq.queue_stats_live finds it (joins,
-        -- not a plpgsql call per queue), for the queues with waiters only.
+        -- The queues with waiters, with the policy in force for each as
+        -- fifoq.queue_stats_live finds it (joins, not a plpgsql call per
+        -- queue). The queues with waiters come from executions_queue_head
+        -- (waiting executions only) by a skip scan: the lowest queue id,
+        -- then the lowest above it, and so on, one index probe per queue
+        -- with waiters. Collected in an array, so that each queue row is then
+        -- read by id (queues_pkey); as a join the planner may walk them all.
+        -- Before, every queue was read through queues_pkey and filtered on
+        -- queued_count: 24 ms per pass with 100,000 queues, nearly all idle.
+        -- A partial index on queues WHERE queued_count > 0 would find them
+        -- too, but it makes every update that changes queued_count (each
+        -- enqueue, each admission) a non-HOT update: 2 of 3 updates of a
+        -- busy queue's row in a test, each then inserting into every index
+        -- of queues.
         SELECT q.id FROM fifoq.queues q
         LEFT JOIN fifoq.policies own ON own.action = q.action
         LEFT JOIN fifoq.policies pack ON pack.action = fifoq.pack_pattern(q.action)
         LEFT JOIN fifoq.policies dflt ON dflt.action = '*'
-        WHERE q.queued_count > 0
+        WHERE q.id = ANY (ARRAY(
+                  WITH RECURSIVE waiting(queue_id) AS (
+                      SELECT (SELECT e.queue_id FROM fifoq.executions e
+                              WHERE e.status = 'queued'
+                              ORDER BY e.queue_id LIMIT 1)
+                      UNION ALL
+                      SELECT (SELECT e.queue_id FROM fifoq.executions e
+                              WHERE e.status = 'queued' AND e.queue_id > w.queue_id
+                              ORDER BY e.queue_id LIMIT 1)
+                      FROM waiting w WHERE w.queue_id IS NOT NULL
+                  )
+                  SELECT queue_id FROM waiting WHERE queue_id IS NOT NULL))
+          AND q.queued_count > 0
           AND q.active_count < coalesce(own.max_concurrent, pack.max_concurrent,
                                         dflt.max_concurrent, q.active_count + 1)
         ORDER BY q.id
@@ -1746,8 +1819,9 @@ COMMENT ON FUNCTION fifoq.policy_for(p_action text) IS 'The policy in force for 
 
 CREATE FUNCTION fifoq.purge(p_older_than interval, p_limit integer DEFAULT 10000) RETURNS jsonb
     LANGUAGE plpgsql
-    AS $$
+    AS $_$
 DECLARE
+    v_now       timestamptz;
     v_cutoff    timestamptz;
     v_purged    bigint;
     v_executors bigint;
@@ -1760,37 +1834,50 @@ BEGIN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
             MESSAGE = format('invalid purge limit %s: must be at least 1', coalesce(p_limit::text, 'NULL'));
     END IF;
-    -- Capped: a cutoff before 4713 BC is out of timestamp range, and nothing
-    -- finished a thousand years ago anyway.
-    v_cutoff := clock_timestamp() - least(p_older_than, interval '1000 years');
+    -- One clock reading for both deletes. Capped: a cutoff before 4713 BC is
+    -- out of timestamp range, and nothing finished a thousand years ago anyway.
+    v_now := clock_timestamp();
+    v_cutoff := v_now - least(p_older_than, interval '1000 years');
 
     -- No queue lock: terminal rows are never written again, and no fifoq
-    -- function reads them to decide anything. Walks executions_pkey from the
-    -- oldest id (ids grow with enqueue time, so old finished rows come
-    -- first) and stops after p_limit matches: no index on finished_at is
-    -- kept for this, which would cost every completion an index insertion.
-    -- SKIP LOCKED: a row an operator holds is left for the next call.
-    WITH doomed AS (
-        SELECT e.id FROM fifoq.executions e
-        WHERE e.status NOT IN ('queued', 'active') AND e.finished_at < v_cutoff
-        ORDER BY e.id
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    )
-    DELETE FROM fifoq.executions e USING doomed WHERE e.id = doomed.id;
+    -- function reads them to decide anything. SKIP LOCKED: a row an
+    -- operator holds is left for the next call.
+    --
+    -- enqueued_at < cutoff adds nothing to the result (enqueued_at <=
+    -- finished_at) but bounds the scan: executions_enqueued_brin gives the
+    -- page ranges that can hold rows enqueued before the cutoff, and when
+    -- few qualify the planner reads only those (a bitmap scan, then a
+    -- sort by id of what it found). When many qualify it walks
+    -- executions_pkey from the oldest id (ids grow with enqueue time, so old
+    -- finished rows come first) and stops after p_limit. Which of the two
+    -- depends on the cutoff and the limit, so the statement is planned
+    -- with their values on every call (EXECUTE ... USING) rather than once
+    -- per session with placeholders. No index on finished_at is kept for
+    -- this, which would cost every completion an index insertion.
+    EXECUTE
+        'WITH doomed AS (
+             SELECT e.id FROM fifoq.executions e
+             WHERE e.enqueued_at < $1
+               AND e.status NOT IN (''queued'', ''active'') AND e.finished_at < $1
+             ORDER BY e.id
+             LIMIT $2
+             FOR UPDATE SKIP LOCKED
+         )
+         DELETE FROM fifoq.executions e USING doomed WHERE e.id = doomed.id'
+        USING v_cutoff, p_limit;
     GET DIAGNOSTICS v_purged = ROW_COUNT;
 
     -- Ended executors owning nothing live. The maintenance sweep looks at
     -- executors ended in the last ten minutes, so never purge those.
     DELETE FROM fifoq.executors x
-    WHERE x.ended_at < least(v_cutoff, clock_timestamp() - interval '10 minutes')
+    WHERE x.ended_at < least(v_cutoff, v_now - interval '10 minutes')
       AND NOT EXISTS (SELECT 1 FROM fifoq.executions e
                       WHERE e.owner = x.id AND e.status IN ('queued', 'active'));
     GET DIAGNOSTICS v_executors = ROW_COUNT;
 
     RETURN jsonb_build_object('executions', v_purged, 'executors', v_executors);
 END
-$$;
+$_$;
 
 
 --
@@ -2419,6 +2506,20 @@ CREATE INDEX executions_deadline ON fifoq.executions USING btree (deadline) WHER
 --
 
 COMMENT ON INDEX fifoq.executions_deadline IS 'Waiting executions by deadline (queue timeouts).';
+
+
+--
+-- Name: executions_enqueued_brin; Type: INDEX; Schema: fifoq; Owner: -
+--
+
+CREATE INDEX executions_enqueued_brin ON fifoq.executions USING brin (enqueued_at) WITH (autosummarize='on');
+
+
+--
+-- Name: INDEX executions_enqueued_brin; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON INDEX fifoq.executions_enqueued_brin IS 'Page ranges by enqueue time (purge: where rows enqueued before the cutoff can be). BRIN, summarised by autovacuum, not by the insert.';
 
 
 --
