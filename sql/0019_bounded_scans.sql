@@ -19,7 +19,9 @@
 --    3,000, within their spread). Caveat: a summary only widens, so pages
 --    that purge empties and new rows refill keep their old minimum until
 --    the index is rebuilt (REINDEX ... CONCURRENTLY); a purge then reads
---    those pages too: at worst the whole table, as before. The clock is
+--    those pages too: at worst the whole table, as before (measured: after
+--    purging the oldest 700,000 rows and appending 700,000 new ones into
+--    the freed pages, 128 ms instead of 0.7). The clock is
 --    read once for both deletes, and the delete is planned with its actual
 --    cutoff and limit on every call (EXECUTE ... USING): the generic plan
 --    that plpgsql may cache after five calls (a `fifoq purge` run makes
