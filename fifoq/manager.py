@@ -602,7 +602,9 @@ class QueueManager:
         """Live statistics of one queue (zeros for a queue never used)."""
         check_action(action)
         group_key = check_group(group) or ""
-        row = await self._db.optional(query("stats_live"), {"action": action, "group": group_key})
+        row = await self._db.optional(
+            query("stats_live_action"), {"action": action, "group": group_key}
+        )
         if row is not None:
             return QueueStats.from_row(row)
         policy = await self.get_policy(action)

@@ -128,15 +128,12 @@ SELECT * FROM fifoq.policy_for(%(action)s) WHERE action IS NOT NULL;
 -- name: list_policies
 SELECT * FROM fifoq.policies ORDER BY action;
 
--- name: stats_live
-SELECT * FROM fifoq.queue_stats_live
-WHERE action = %(action)s AND "group" = %(group)s;
-
 -- name: stats_live_all
 SELECT * FROM fifoq.queue_stats_live ORDER BY action, "group";
 
 -- name: stats_live_action
--- One action's queues (all groups, or one): the filter reaches fifoq.queues
+-- One action's queues: all its groups (group NULL), or one queue (stats(),
+-- where the default group is ''). The filter reaches fifoq.queues
 -- through the view, so this reads the action's rows by queues_action_group_key
 -- instead of every queue.
 SELECT * FROM fifoq.queue_stats_live

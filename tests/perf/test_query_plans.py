@@ -123,19 +123,28 @@ def _index_names(node: dict[str, Any]) -> Iterator[str]:
 
 
 def _scans(node: dict[str, Any]) -> Iterator[tuple[str, str, str | None]]:
-    """(node type, relation, index) of every scan in a plan tree.
+    """(node type, relation, index) of every scan in a plan tree (see _scans_with_conditions)."""
+    for node_type, relation, index, _ in _scans_with_conditions(node):
+        yield node_type, relation, index
+
+
+def _scans_with_conditions(node: dict[str, Any]) -> Iterator[tuple[str, str, str | None, str]]:
+    """(node type, relation, index, index condition or '') of every scan in a plan tree.
 
     A bitmap heap scan names the relation; its bitmap index scans below it
-    name the index (one when the plan uses one index).
+    name the index (one when the plan uses one index) and its recheck
+    condition stands for theirs.
     """
     if "Relation Name" in node:
-        index = node.get("Index Name")
-        if node["Node Type"] == "Bitmap Heap Scan":
+        if node["Node Type"] == "Bitmap Heap Scan":  # its index scans are below it
             index = ",".join(sorted(set(_index_names(node))))
-        yield node["Node Type"], node["Relation Name"], index
+            yield node["Node Type"], node["Relation Name"], index, node.get("Recheck Cond", "")
+        else:
+            index, condition = node.get("Index Name"), node.get("Index Cond", "")
+            yield node["Node Type"], node["Relation Name"], index, condition
     for child in node.get("Plans", []):
         if node["Node Type"] != "Bitmap Heap Scan":
-            yield from _scans(child)
+            yield from _scans_with_conditions(child)
 
 
 def _index_conditions(node: dict[str, Any]) -> Iterator[str]:
@@ -317,20 +326,6 @@ def test_deadline_scan_uses_the_deadline_index(setup: tuple[PlanCatcher, int]) -
             f"the queue-timeout scan reads every waiting row: no deadline range in its index "
             f"conditions {conditions}: {_normal(plan['Query Text'])[:160]}"
         )
-
-
-def _scans_with_conditions(node: dict[str, Any]) -> Iterator[tuple[str, str, str | None, str]]:
-    """(node type, relation, index, index condition or '') of every scan in a plan tree."""
-    if "Relation Name" in node:
-        if node["Node Type"] == "Bitmap Heap Scan":  # its index scans are below it
-            index = ",".join(sorted(set(_index_names(node))))
-            yield node["Node Type"], node["Relation Name"], index, node.get("Recheck Cond", "")
-        else:
-            index, condition = node.get("Index Name"), node.get("Index Cond", "")
-            yield node["Node Type"], node["Relation Name"], index, condition
-    for child in node.get("Plans", []):
-        if node["Node Type"] != "Bitmap Heap Scan":
-            yield from _scans_with_conditions(child)
 
 
 def test_claim_uses_the_unclaimed_index(setup: tuple[PlanCatcher, int]) -> None:
@@ -630,7 +625,7 @@ def _line_scan_buffers(catcher: PlanCatcher, action: str) -> dict[str, int]:
     for what, selected in found.items():
         assert len(selected) == 1, f"expected one {what}, saw {len(selected)}"
     stats = catcher.conn.execute(
-        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query('stats_live')}",
+        f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {query('stats_live_action')}",
         {"action": action, "group": ""},
     ).fetchone()
     assert stats is not None
