@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from ..models import Policy
 from ..validation import check_action, check_policy
@@ -21,6 +22,7 @@ from ._common import (
     parse_seconds,
     print_json,
     run,
+    terminal_safe,
 )
 
 policy_app = typer.Typer(
@@ -201,9 +203,18 @@ def list_policies(
     if not policies:
         typer.echo("no policies set: every action is unlimited")
         return
+    console().print(policy_table(policies))
+
+
+def policy_table(policies: list[Policy]) -> Table:
+    """A rich table of policies, one row each, in the order given.
+
+    Cells are plain text, never rich markup: action names and group_by keys
+    are the users' (``x.[b]`` and ``[/etc]`` are valid names).
+    """
     table = Table("action", "max concurrent", "max queue", "queue timeout", "on limit", "group by")
     for p in policies:
-        table.add_row(
+        cells = (
             p.action,
             str(p.max_concurrent),
             str(p.max_queue_length),
@@ -211,4 +222,5 @@ def list_policies(
             p.on_limit,
             ", ".join(p.group_by) or "-",
         )
-    console().print(table)
+        table.add_row(*(Text(terminal_safe(cell)) for cell in cells))
+    return table

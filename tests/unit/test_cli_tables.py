@@ -1,4 +1,4 @@
-"""What `fifoq list` and `fifoq stats` print: user text shown as it is, narrow terminals, totals."""
+"""What `fifoq list`, `stats` and `policy list` print: user text as is, narrow terminals, totals."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 from rich.console import Console
 from rich.table import Table
 
-from fifoq import Execution, QueueStats, Status
+from fifoq import Execution, Policy, QueueStats, Status
 from fifoq.cli._common import format_execution, terminal_safe
 from fifoq.cli.line import line_table, summary
+from fifoq.cli.policy import policy_table
 from fifoq.cli.stats import stats_table
 from fifoq.validation import MAX_BATCH
 
@@ -80,6 +81,18 @@ def test_stats_show_group_names_that_look_like_markup_as_they_are() -> None:
         stats_table([_queue("[/x]", active=1, waiting=2), _queue("[b]", active=0, waiting=0)]), 200
     )
     assert [c[:4] for c in cells] == [["cli.show", "[/x]", "2", "1"], ["cli.show", "[b]", "0", "0"]]
+
+
+def test_policies_whose_names_look_like_markup_are_listed_as_they_are() -> None:
+    policies = [
+        Policy("x.[/etc]", 2, 10, None, "enqueue", ()),
+        Policy("x.[b]", 1, 0, 5.0, "reject", ("[red]k", "host")),
+    ]
+    cells = _render(policy_table(policies), 200)
+    assert cells == [
+        ["x.[/etc]", "2", "10", "none", "enqueue", "-"],
+        ["x.[b]", "1", "0", "5 s", "reject", "[red]k, host"],
+    ]
 
 
 def test_on_a_narrow_terminal_the_payload_gives_way_and_the_numbers_stay_whole() -> None:
