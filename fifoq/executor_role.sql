@@ -20,7 +20,8 @@
 --
 -- What it cannot do: create, alter or drop anything in schema fifoq (no
 -- CREATE on the schema, owns nothing), delete or truncate rows (history is
--- kept; only the owner prunes it), touch yoyo's migration tables (nothing is
+-- kept; only the owner prunes it, and only the owner removes a policy:
+-- fifoq.delete_policy), touch yoyo's migration tables (nothing is
 -- granted on them), or read any
 -- other schema (nothing is granted there; the public schema of PostgreSQL 15+
 -- has no CREATE for PUBLIC).

@@ -586,6 +586,19 @@ class QueueManager:
             group_by=group_by,
         )
 
+    async def delete_policy(self, action: str) -> Policy | None:
+        """Remove the policy of an action, a pack (``"pack.*"``) or the default (``"*"``).
+
+        Returns the removed policy, or None when none was set (nothing
+        changes then). The queues it governed fall back to the next policy
+        in force (the pack's, the default, or unlimited); a limit that rises
+        by it admits waiting executions at once. Needs DELETE on
+        ``fifoq.policies``, which the role ``fifoq_executor`` lacks.
+        """
+        check_action(action)
+        row = await self._db.optional(query("delete_policy"), {"action": action})
+        return Policy.from_row(row) if row else None
+
     async def get_policy(self, action: str) -> Policy:
         """The policy in force for an action: its own, its pack's, the default, or unlimited."""
         check_action(action)

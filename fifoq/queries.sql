@@ -121,6 +121,10 @@ FROM fifoq.claim_deferred(%(executor)s, %(actions)s, %(limit)s);
 SELECT * FROM fifoq.set_policy(%(action)s, %(max_concurrent)s, %(max_queue_length)s,
                                %(queue_timeout)s, %(on_limit)s, %(group_by)s);
 
+-- name: delete_policy
+-- No row when none was set (the function returns NULL then).
+SELECT * FROM fifoq.delete_policy(%(action)s) WHERE action IS NOT NULL;
+
 -- name: get_policy
 -- NULL action means no policy applies: the action is unlimited.
 SELECT * FROM fifoq.policy_for(%(action)s) WHERE action IS NOT NULL;

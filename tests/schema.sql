@@ -927,6 +927,113 @@ COMMENT ON FUNCTION fifoq.defer_flush() IS 'Step 1 of a deferred operation: this
 
 
 --
+-- Name: policies; Type: TABLE; Schema: fifoq; Owner: -
+--
+
+CREATE TABLE fifoq.policies (
+    action text NOT NULL,
+    max_concurrent integer NOT NULL,
+    max_queue_length integer NOT NULL,
+    queue_timeout double precision,
+    on_limit text DEFAULT 'enqueue'::text NOT NULL,
+    group_by text[] DEFAULT '{}'::text[] NOT NULL,
+    updated_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
+    CONSTRAINT policies_max_concurrent_positive CHECK ((max_concurrent >= 1)),
+    CONSTRAINT policies_max_queue_length_not_negative CHECK ((max_queue_length >= 0)),
+    CONSTRAINT policies_on_limit_known CHECK ((on_limit = ANY (ARRAY['enqueue'::text, 'reject'::text]))),
+    CONSTRAINT policies_queue_timeout_positive CHECK (((queue_timeout > (0)::double precision) AND (queue_timeout < 'Infinity'::double precision)))
+);
+
+
+--
+-- Name: TABLE policies; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON TABLE fifoq.policies IS 'Concurrency policy per action. The key is an action name, a pack pattern ''pack.*'' or ''*'' for the default; lookup order is action, pack, default (fifoq.policy_for). Without any row an action is unlimited.';
+
+
+--
+-- Name: COLUMN policies.max_concurrent; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.policies.max_concurrent IS 'At most this many executions of one queue are active at once.';
+
+
+--
+-- Name: COLUMN policies.max_queue_length; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.policies.max_queue_length IS 'At most this many executions of one queue wait (active ones not counted).';
+
+
+--
+-- Name: COLUMN policies.queue_timeout; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.policies.queue_timeout IS 'Seconds an execution may wait before it is timed_out; NULL: forever.';
+
+
+--
+-- Name: COLUMN policies.on_limit; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.policies.on_limit IS 'enqueue: wait in line; reject: refuse an execution that cannot start at once.';
+
+
+--
+-- Name: COLUMN policies.group_by; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.policies.group_by IS 'Payload keys whose values form the group, so the limit applies per group.';
+
+
+--
+-- Name: delete_policy(text); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.delete_policy(p_action text) RETURNS fifoq.policies
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_policy   fifoq.policies;
+    v_queue_id integer;
+BEGIN
+    IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ400',
+            MESSAGE = format('invalid policy: action name %L %s', p_action, fifoq.name_problem(p_action));
+    END IF;
+
+    -- The primary key finds the row; its row lock makes a concurrent
+    -- set_policy of the same name wait for this transaction (then insert).
+    DELETE FROM fifoq.policies WHERE action = p_action RETURNING * INTO v_policy;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    FOR v_queue_id IN
+        SELECT q.id FROM fifoq.queues q
+        WHERE q.queued_count > 0
+          AND (p_action = '*'
+               OR q.action = p_action
+               OR fifoq.pack_pattern(q.action) = p_action)
+        ORDER BY q.id
+    LOOP
+        PERFORM fifoq.lock_queue(v_queue_id);
+        PERFORM fifoq.admit(v_queue_id);
+    END LOOP;
+    RETURN v_policy;
+END
+$$;
+
+
+--
+-- Name: FUNCTION delete_policy(p_action text); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.delete_policy(p_action text) IS 'Removes the policy of an action, a pack (''pack.*'') or the default (''*'') and returns it (no row if none was set). The queues fall back to fifoq.policy_for''s next policy; a raised limit admits waiting executions at once.';
+
+
+--
 -- Name: details(fifoq.executions, text, text); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -1720,67 +1827,6 @@ $$;
 --
 
 COMMENT ON FUNCTION fifoq.pack_pattern(p_action text) IS 'The policy name of an action''s pack: the part before the first ''.'', plus ''.*''; NULL (no pack) for a name without a dot.';
-
-
---
--- Name: policies; Type: TABLE; Schema: fifoq; Owner: -
---
-
-CREATE TABLE fifoq.policies (
-    action text NOT NULL,
-    max_concurrent integer NOT NULL,
-    max_queue_length integer NOT NULL,
-    queue_timeout double precision,
-    on_limit text DEFAULT 'enqueue'::text NOT NULL,
-    group_by text[] DEFAULT '{}'::text[] NOT NULL,
-    updated_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
-    CONSTRAINT policies_max_concurrent_positive CHECK ((max_concurrent >= 1)),
-    CONSTRAINT policies_max_queue_length_not_negative CHECK ((max_queue_length >= 0)),
-    CONSTRAINT policies_on_limit_known CHECK ((on_limit = ANY (ARRAY['enqueue'::text, 'reject'::text]))),
-    CONSTRAINT policies_queue_timeout_positive CHECK (((queue_timeout > (0)::double precision) AND (queue_timeout < 'Infinity'::double precision)))
-);
-
-
---
--- Name: TABLE policies; Type: COMMENT; Schema: fifoq; Owner: -
---
-
-COMMENT ON TABLE fifoq.policies IS 'Concurrency policy per action. The key is an action name, a pack pattern ''pack.*'' or ''*'' for the default; lookup order is action, pack, default (fifoq.policy_for). Without any row an action is unlimited.';
-
-
---
--- Name: COLUMN policies.max_concurrent; Type: COMMENT; Schema: fifoq; Owner: -
---
-
-COMMENT ON COLUMN fifoq.policies.max_concurrent IS 'At most this many executions of one queue are active at once.';
-
-
---
--- Name: COLUMN policies.max_queue_length; Type: COMMENT; Schema: fifoq; Owner: -
---
-
-COMMENT ON COLUMN fifoq.policies.max_queue_length IS 'At most this many executions of one queue wait (active ones not counted).';
-
-
---
--- Name: COLUMN policies.queue_timeout; Type: COMMENT; Schema: fifoq; Owner: -
---
-
-COMMENT ON COLUMN fifoq.policies.queue_timeout IS 'Seconds an execution may wait before it is timed_out; NULL: forever.';
-
-
---
--- Name: COLUMN policies.on_limit; Type: COMMENT; Schema: fifoq; Owner: -
---
-
-COMMENT ON COLUMN fifoq.policies.on_limit IS 'enqueue: wait in line; reject: refuse an execution that cannot start at once.';
-
-
---
--- Name: COLUMN policies.group_by; Type: COMMENT; Schema: fifoq; Owner: -
---
-
-COMMENT ON COLUMN fifoq.policies.group_by IS 'Payload keys whose values form the group, so the limit applies per group.';
 
 
 --

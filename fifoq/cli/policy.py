@@ -1,4 +1,4 @@
-"""`fifoq policy set|get|list`: concurrency policies of actions, packs and the default."""
+"""`fifoq policy set|get|list|delete`: concurrency policies of actions, packs and the default."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from ._common import (
     connection_string,
     console,
     errors_handled,
+    fail,
     parse_seconds,
     print_json,
     run,
@@ -162,14 +163,17 @@ def get_policy(
     if as_json:
         print_json({"for_action": action, **_as_dict(policy)})
         return
-    if policy.action == action:
-        source = "the action's own policy"
-    elif policy.action == "*":
-        source = "the default policy ('*')" if policy.max_concurrent is not None else "none set"
-    else:
-        source = f"its pack's policy ({policy.action!r})"
-    typer.echo(f"{'action':<17} {action}  ({source})")
+    typer.echo(f"{'action':<17} {action}  ({_source(action, policy)})")
     typer.echo(_describe(policy))
+
+
+def _source(action: str, policy: Policy) -> str:
+    # Which policy this is for the action: its own, its pack's, the default's.
+    if policy.action == action:
+        return "the action's own policy"
+    if policy.action == "*":
+        return "the default policy ('*')" if policy.max_concurrent is not None else "none set"
+    return f"its pack's policy ({policy.action!r})"
 
 
 def _as_dict(policy: Policy) -> dict[str, object]:
@@ -181,6 +185,55 @@ def _as_dict(policy: Policy) -> dict[str, object]:
         "on_limit": policy.on_limit,
         "group_by": list(policy.group_by),
     }
+
+
+@policy_app.command(
+    "delete",
+    epilog="Example: fifoq policy delete core.deploy  (core.deploy follows 'core.*' again)",
+    short_help="Remove the policy of an action, a pack or the default.",
+)
+def delete_policy(
+    action: Annotated[
+        str,
+        typer.Argument(
+            metavar="ACTION", help="Action name, 'pack.*' for a pack, or '*' for the default."
+        ),
+    ],
+    as_json: JsonOption = False,
+    dsn: DsnOption = None,
+    debug: DebugOption = False,
+) -> None:
+    """Remove the policy of an action, a pack or the default.
+
+    Its queues follow the next policy in force: the pack's, the default, or
+    none (unlimited); a limit that rises admits waiting executions at once.
+    Exits 1 if no policy of that name was set. Needs DELETE on
+    fifoq.policies (the schema's owner; fifoq_executor cannot).
+    """
+    with errors_handled(debug):
+        check_action(action)
+    conninfo = connection_string(dsn)
+
+    async def go() -> tuple[Policy | None, Policy | None]:
+        async with connect(conninfo, "policy delete") as qm:
+            deleted = await qm.delete_policy(action)
+            if deleted is None or action == "*" or action.endswith(".*"):
+                return deleted, None
+            return deleted, await qm.get_policy(action)
+
+    deleted, now = run(go(), debug=debug, dsn=conninfo)
+    if deleted is None:
+        fail(f"no policy is set for {action!r}: nothing deleted (fifoq policy list shows them)")
+    if as_json:
+        print_json({"deleted": _as_dict(deleted), "now": None if now is None else _as_dict(now)})
+        return
+    typer.echo(f"deleted the policy of {action}")
+    typer.echo(_describe(deleted))
+    if now is not None and now.max_concurrent is None:
+        typer.echo(f"{action} now has no policy: unlimited")
+    elif now is not None:
+        typer.echo(f"{action} now follows {_source(action, now)}:")
+        typer.echo(_describe(now))
 
 
 @policy_app.command("list", epilog="Example: fifoq policy list --json")

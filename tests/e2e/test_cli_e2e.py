@@ -64,6 +64,7 @@ COMMANDS = [
     ["policy", "set"],
     ["policy", "get"],
     ["policy", "list"],
+    ["policy", "delete"],
     ["enqueue"],
     ["get"],
     ["complete"],
@@ -167,6 +168,25 @@ def test_policy_enqueue_complete_cancel_and_stats(dsn: str) -> None:
     assert isinstance(got, dict) and got["max_concurrent"] == 1
     listed = cli_json("policy", "list")
     assert isinstance(listed, list) and [p["action"] for p in listed] == ["cli.job"]
+    assert cli_json("policy", "set", "cli.gone", "--max-concurrent", "4")
+    deleted = cli_json("policy", "delete", "cli.gone")
+    assert deleted == {
+        "deleted": {**policy, "action": "cli.gone", "max_concurrent": 4, "group_by": []},
+        "now": {
+            **policy,
+            "action": "*",
+            "max_concurrent": None,
+            "max_queue_length": None,
+            "queue_timeout": None,
+            "group_by": [],
+        },
+    }
+    again = run_cli("policy", "delete", "cli.gone", "--dsn", dsn)
+    assert (again.returncode, again.stdout) == (1, "")
+    assert again.stderr.strip() == (
+        "fifoq: error: no policy is set for 'cli.gone': nothing deleted"
+        " (fifoq policy list shows them)"
+    )
 
     first = cli_json("enqueue", "cli.job", "--payload", '{"host": "a", "n": 1}')
     second = cli_json("enqueue", "cli.job", "--payload", '{"host": "a", "n": 2}')

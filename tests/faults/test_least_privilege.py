@@ -95,6 +95,7 @@ REFUSED = [
     "CREATE INDEX ON fifoq.executions (payload)",
     "DROP TRIGGER executions_owner_alive ON fifoq.executions",
     "DELETE FROM fifoq.executions",
+    "SELECT fifoq.delete_policy('*')",  # removing policies is the owner's
     "TRUNCATE fifoq.queues",
     "REFRESH MATERIALIZED VIEW fifoq.queue_stats",
     "SELECT * FROM fifoq._yoyo_migration",

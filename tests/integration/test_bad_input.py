@@ -339,6 +339,7 @@ async def test_bad_action_names_are_refused(qm: QueueManager, dsn: str, name: An
         lambda: qm.enqueue_and_wait(name),
         lambda: qm.stats(name),
         lambda: qm.get_policy(name),
+        lambda: qm.delete_policy(name),
     ]
     for call in calls:
         await assert_refused(dsn, call, InvalidInput, "action name")

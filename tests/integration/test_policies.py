@@ -172,3 +172,58 @@ async def test_raising_the_limit_admits_waiters_at_once_and_lowering_admits_none
     assert (await qm.get(executions[3].id)).status is Status.ACTIVE
     stats = await qm.stats("l.change")
     assert (stats.active_count, stats.queue_length, stats.max_concurrent) == (1, 2, 1)
+
+
+async def test_deleting_a_policy_hands_its_queues_to_the_next_and_admits_at_once(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("d.*", max_concurrent=3)
+    own = await qm.set_policy("d.job", max_concurrent=1, group_by=("host",))
+    executions = [await qm.enqueue("d.job", {"host": "a"}) for _ in range(5)]
+    assert [e.status for e in executions] == [Status.ACTIVE] + [Status.QUEUED] * 4
+
+    assert await qm.delete_policy("d.job") == own
+    assert await qm.get_policy("d.job") == await qm.get_policy("d.other")
+    # The pack's limit of 3 holds from now on, and its free slots are filled
+    # at once, in seq order, without waiting for a completion.
+    assert [(await qm.get(e.id)).status for e in executions] == [Status.ACTIVE] * 3 + [
+        Status.QUEUED
+    ] * 2
+    assert (await qm.stats("d.job", group="a")).max_concurrent == 3
+    # The pack's grouping applies to newcomers (none: the default group).
+    assert (await qm.enqueue("d.job", {"host": "a"})).group is None
+
+    assert await qm.delete_policy("d.*") is not None
+    # Unlimited now: the rest of host a's line starts at once.
+    assert [(await qm.get(e.id)).status for e in executions] == [Status.ACTIVE] * 5
+    assert_fifo_and_limit(await fetch_rows(dsn, "d.job"), None)
+    assert await qm.list_policies() == []
+
+
+async def test_deleting_a_policy_that_is_not_set_changes_nothing(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_policy("n.*", max_concurrent=1)
+    await qm.enqueue("n.job")
+    before = await counts(dsn)
+    assert await qm.delete_policy("n.job") is None
+    assert await qm.delete_policy("*") is None
+    assert await counts(dsn) == before
+    assert [p.action for p in await qm.list_policies()] == ["n.*"]
+
+
+async def test_deleting_the_default_policy_from_sql_returns_it_and_admits(
+    qm: QueueManager, dsn: str
+) -> None:
+    await qm.set_default_policy(max_concurrent=1)
+    first, second = [await qm.enqueue("sqldel.job") for _ in range(2)]
+    assert second.status is Status.QUEUED
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute("SELECT action, max_concurrent FROM fifoq.delete_policy('*')")
+        assert await cur.fetchall() == [("*", 1)]
+        cur = await conn.execute(
+            "SELECT count(*) FROM fifoq.delete_policy('*') WHERE action IS NULL"
+        )
+        assert await cur.fetchone() == (1,)  # none left: a NULL row, nothing deleted
+    assert (await qm.get(second.id)).status is Status.ACTIVE
+    assert (await qm.get(first.id)).status is Status.ACTIVE
