@@ -24,6 +24,7 @@ from ._common import (
     print_json,
     run,
     terminal_safe,
+    to_jsonable,
 )
 
 EPILOG = "Example: fifoq list core.deploy;  fifoq list core.deploy --group web-1 --json"
@@ -73,13 +74,10 @@ def line_table(executions: list[Execution], now: datetime) -> Table:
     table.add_column("for", justify="right", no_wrap=True)
     table.add_column("owner", justify="right", no_wrap=True)
     table.add_column("payload")
-    place: dict[str | None, int] = {}
-    for execution in executions:
+    for execution, place in zip(executions, places(executions), strict=True):
         since: datetime | None
-        if execution.status is Status.QUEUED:
-            place[execution.group] = place.get(execution.group, 0) + 1
-            where = str(place[execution.group])
-            since = execution.enqueued_at
+        if place is not None:
+            where, since = str(place), execution.enqueued_at
         else:
             where, since = "-", execution.started_at
         table.add_row(
@@ -100,6 +98,23 @@ def line_table(executions: list[Execution], now: datetime) -> Table:
     if not executions:
         table.caption = "nothing active or waiting"
     return table
+
+
+def places(executions: list[Execution]) -> list[int | None]:
+    """Each execution's place in its group's waiting line (1 starts next); None if active.
+
+    ``executions`` in the listing's order: per group, the active ones, then
+    the line in start order.
+    """
+    seen: dict[str | None, int] = {}
+    out: list[int | None] = []
+    for execution in executions:
+        if execution.status is Status.QUEUED:
+            seen[execution.group] = seen.get(execution.group, 0) + 1
+            out.append(seen[execution.group])
+        else:
+            out.append(None)
+    return out
 
 
 def _one_line(text: str) -> Text:
@@ -155,7 +170,12 @@ def list_line(
 
     executions, totals = run(go(), debug=debug, dsn=conninfo)
     if as_json:
-        print_json(executions)
+        print_json(
+            [
+                {**to_jsonable(execution), "place": place}
+                for execution, place in zip(executions, places(executions), strict=True)
+            ]
+        )
     else:
         out = console()
         out.print(summary(action, executions, limit, totals), markup=False, highlight=False)

@@ -242,10 +242,10 @@ def test_list_shows_the_active_then_the_line_with_places(dsn: str) -> None:
     listed = run_cli("list", "cli.line", "--json", "--dsn", dsn)
     assert listed.returncode == 0, listed.stderr
     rows = json.loads(listed.stdout)
-    assert [(r["id"], r["status"], r["payload"]) for r in rows] == [
-        (ids[0], "active", {"n": 0}),
-        (ids[1], "queued", {"n": 1}),
-        (ids[2], "queued", {"n": 2}),
+    assert [(r["id"], r["status"], r["payload"], r["place"]) for r in rows] == [
+        (ids[0], "active", {"n": 0}, None),
+        (ids[1], "queued", {"n": 1}, 1),
+        (ids[2], "queued", {"n": 2}, 2),
     ]
 
     table = run_cli("list", "cli.line", "--limit", "2", "--dsn", dsn)
