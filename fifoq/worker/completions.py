@@ -81,11 +81,38 @@ class CompletionBatcher:
         """Whether a statement is in flight (or outcomes wait for the next)."""
         return self._sender is not None and not self._sender.done()
 
-    async def aclose(self) -> None:
-        """Wait until every outcome handed in so far has been sent."""
+    @property
+    def sender(self) -> asyncio.Task[None] | None:
+        """The task sending statements while :attr:`busy`, else None (to wait on it)."""
+        return self._sender if self.busy else None
+
+    async def aclose(self, *, timeout: float | None = None) -> bool:
+        """Wait until every outcome handed in so far has been sent; True if they were.
+
+        With ``timeout``, a statement still in flight then (a database that
+        does not answer) is cancelled, and so are the outcomes waiting for
+        the next: their callers' ``complete()`` is cancelled, and their
+        executions stay active until the executor closes or is reaped.
+        """
+        if self._sender is None:
+            return True
+        cut = False
+        if timeout is not None and not self._sender.done():
+            await asyncio.wait({self._sender}, timeout=timeout)
+            if not self._sender.done():
+                self.cancel()
+                cut = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._sender
+        return not cut
+
+    def cancel(self) -> None:
+        """Stop sending: the statement in flight and every outcome waiting are cancelled."""
+        pending, self._pending = self._pending, []
+        for _, _, future in pending:
+            future.cancel()
         if self._sender is not None:
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sender
+            self._sender.cancel()
 
     async def _send(self) -> None:
         while self._pending:

@@ -9,8 +9,9 @@ import logging
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -199,6 +200,7 @@ class Worker:
         self._notified = False
         self._stopping = False
         self._force = asyncio.Event()
+        self._stop_requested = asyncio.Event()  # set by stop(); ends a claim's wait
         self._ready = asyncio.Event()
         self._completions: CompletionBatcher | None = None
         self._failure: BaseException | None = None  # what ended run() before it was ready
@@ -231,6 +233,7 @@ class Worker:
                 self._force.set()
             return
         self._stopping = True
+        self._stop_requested.set()
         self._wake.set()
         logger.info(
             "stop requested: no new work; %d running handler(s) get %g s to finish",
@@ -246,11 +249,16 @@ class Worker:
         """
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
-        if handle_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
-                installed.append(sig)
         try:
+            if handle_signals:
+                if threading.current_thread() is not threading.main_thread():
+                    raise RuntimeError(
+                        "Worker.run(handle_signals=True) must run in the main thread; "
+                        "elsewhere call worker.stop() yourself"
+                    )
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    loop.add_signal_handler(sig, self.stop)
+                    installed.append(sig)
             async with QueueManager.connect(
                 self.conninfo,
                 name=self.name,
@@ -270,7 +278,17 @@ class Worker:
                     await self._serve(qm)
                 finally:
                     await self._drain()
-                    await self._completions.aclose()
+                    # Outcomes of handlers that ended while draining: sent
+                    # unless the database does not answer (then their
+                    # executions stay active until the executor closes or is
+                    # reaped, and are abandoned).
+                    if not await self._completions.aclose(timeout=_SETTLE_SECONDS):
+                        logger.warning(
+                            "outcomes not recorded in %g s (is the database reachable?); "
+                            "their executions are abandoned when this executor closes or "
+                            "its lease runs out",
+                            _SETTLE_SECONDS,
+                        )
                     self.executor_id = qm.executor_id  # a new one if it was reaped and rejoined
                 if self.handed_back:
                     logger.warning(
@@ -337,7 +355,7 @@ class Worker:
                 self._wake.clear()
                 notified, self._notified = self._notified, False
                 try:
-                    claimed = await qm.claim(self.actions, free)
+                    claimed = await self._claim(qm, free)
                     failures = 0
                 except (psycopg.Error, FifoqError, OSError) as exc:
                     failures += 1
@@ -364,6 +382,47 @@ class Worker:
                     await self._wake.wait()
             if backoff and not self._stopping:
                 await asyncio.sleep(backoff)
+
+    async def _claim(self, qm: QueueManager, free: int) -> list[Execution]:
+        """``qm.claim``; a stop while it waits on the database gives it the grace period.
+
+        A claim answers in milliseconds while the database does: one still
+        running at a stop is waiting for a connection or an answer, and it
+        must not hold the shutdown past ``grace`` (or a second stop). Cut
+        then, it took nothing, or what it took stays active and owned by
+        this executor, whose close (or reaping) abandons it.
+        """
+        claim = asyncio.ensure_future(qm.claim(self.actions, free))
+        stop = asyncio.ensure_future(self._stop_requested.wait())
+        try:
+            await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if not claim.done():
+                await self._wait_unless_forced({claim}, self.grace)
+            if not claim.done():
+                logger.warning("stopping: cancelling a claim the database has not answered")
+                claim.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await claim
+                return []
+            return claim.result()
+        finally:
+            stop.cancel()
+            if not claim.done():  # run() itself was cancelled
+                claim.cancel()
+
+    async def _wait_unless_forced(
+        self, tasks: Collection[asyncio.Future[Any]], timeout: float
+    ) -> None:
+        """Wait until one of ``tasks`` is done, ``timeout`` passes or a second stop comes."""
+        if self._force.is_set():
+            return
+        force = asyncio.ensure_future(self._force.wait())
+        try:
+            await asyncio.wait(
+                {*tasks, force}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+        finally:
+            force.cancel()
 
     def _start_all(self, qm: QueueManager, claimed: list[Execution]) -> None:
         # Start each queue's executions in seq order: the claim's UPDATE ...
@@ -536,47 +595,55 @@ class Worker:
                 )
             return
 
+    def _cancel_handlers(self, *, completing_too: bool) -> None:
+        """Cancel the running handler tasks for the shutdown (their executions are handed back)."""
+        for running in list(self._running.values()):
+            if running.completing and not completing_too:
+                continue
+            if running.stop_reason is None:
+                running.stop_reason = "shutdown"
+            assert running.task is not None
+            running.task.cancel()
+
     async def _drain(self) -> None:
         """Let running handlers finish within the grace period; cancel the rest."""
         # A completion statement sent before stop() may still bring work
         # (its freed slots' executions, see CompletionBatcher): wait for it,
         # so that what it brings runs within the grace period like the rest.
         # Statements sent after stop() take nothing (claiming() is false).
+        # It answers in milliseconds while the database does (or once a busy
+        # queue's lock is free): it gets the grace period, at least
+        # _SETTLE_SECONDS, and a second stop ends the wait. One that has not
+        # answered by then (a database that does not) is cut below.
         assert self._completions is not None
-        if self._completions.busy:
+        sender = self._completions.sender
+        if sender is not None:
             logger.debug("stopping: waiting for the completion statement in flight")
-            await self._completions.aclose()
+            await self._wait_unless_forced({sender}, max(self.grace, _SETTLE_SECONDS))
         if not self._running:
             return
         logger.info(
             "waiting up to %g s for %d running handler(s) to finish", self.grace, len(self._running)
         )
         deadline = time.monotonic() + self.grace
-        force = asyncio.ensure_future(self._force.wait())
-        try:
-            while self._running and not self._force.is_set():
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                tasks = {r.task for r in self._running.values() if r.task is not None}
-                await asyncio.wait(
-                    tasks | {force}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
-                )
-        finally:
-            force.cancel()
-        for running in list(self._running.values()):
-            if running.completing:
-                continue  # its outcome is being written; let that finish
-            if running.stop_reason is None:
-                running.stop_reason = "shutdown"
-            assert running.task is not None
-            running.task.cancel()
+        while self._running and not self._force.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            tasks = {r.task for r in self._running.values() if r.task is not None}
+            await self._wait_unless_forced(tasks, remaining)
+        self._cancel_handlers(completing_too=False)  # an outcome being written may finish
         rest = {r.task for r in self._running.values() if r.task is not None}
         if rest:
             _, still = await asyncio.wait(rest, timeout=_SETTLE_SECONDS)
-            for task in still:  # completions stuck on the database
-                task.cancel()
+            # Still running now: handlers unwinding, outcomes stuck on a
+            # database that does not answer, and work that a late statement
+            # brought meanwhile. Cut the statement in flight and cancel them
+            # all; their executions are handed back.
+            still = {r.task for r in self._running.values() if r.task and not r.task.done()}
             if still:
+                self._completions.cancel()
+                self._cancel_handlers(completing_too=True)
                 _, still = await asyncio.wait(still, timeout=_SETTLE_SECONDS)
             # Handlers that swallow every cancellation: nothing can stop a
             # task, so they are handed back (closing the executor abandons

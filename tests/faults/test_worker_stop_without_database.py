@@ -1,0 +1,95 @@
+"""A worker told to stop while its database does not answer still stops on time."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from helpers import wait_until
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from fifoq import App, QueueManager, Status, Worker
+
+from .proxy import BlackholeProxy
+
+# What a stop may take on top of the grace period when nothing answers: the
+# wait for the statement in flight and the settling of cancelled handlers
+# and outcomes (5 s each), then closing the executor (its maintenance
+# statement, unregistering and the pool: 5 s each at most), with room for a
+# loaded machine. Measured: 25 s with a grace period of 1 s.
+BOUND_AFTER_GRACE = 45.0
+
+
+async def test_a_stop_while_the_database_does_not_answer_keeps_to_its_bounds(dsn: str) -> None:
+    release = asyncio.Event()
+    app = App()
+
+    @app.action("gone.job", max_concurrent=4)
+    async def job(_: Any) -> dict[str, bool]:
+        await release.wait()
+        return {"ok": True}
+
+    params = conninfo_to_dict(dsn)
+    async with BlackholeProxy(str(params["host"]), int(str(params["port"]))) as proxy:
+        proxied = make_conninfo(dsn, host="127.0.0.1", port=str(proxy.port))
+        worker = Worker(app, proxied, concurrency=4, grace=1.0, claim_interval=0.2)
+        run = asyncio.create_task(worker.run())
+        await asyncio.wait_for(worker.wait_ready(), timeout=30)
+        async with QueueManager.connect(dsn, register_executor=False) as producer:
+            ids = [(await producer.enqueue("gone.job", {"n": n})).id for n in range(2)]
+            await wait_until(
+                lambda: len(worker.running) == 2, timeout=10, message="both handlers running"
+            )
+
+            # The database goes silent: open connections swallow everything,
+            # new ones are refused. The handlers then finish, and their
+            # outcomes' statement waits for an answer that never comes.
+            proxy.refuse_new = True
+            proxy.blackhole()
+            release.set()
+            await wait_until(
+                lambda: worker._completions is not None and worker._completions.busy,
+                timeout=5,
+                message="the outcomes' statement in flight",
+            )
+            stopped_at = time.monotonic()
+            worker.stop()
+            # Before the fix the stop waited for that statement with no limit.
+            await asyncio.wait_for(run, timeout=worker.grace + BOUND_AFTER_GRACE)
+            took = time.monotonic() - stopped_at
+
+            # Nothing was recorded, so both are handed back (and listed).
+            assert sorted(worker.handed_back) == ids
+            assert worker.completed == 0
+            for execution_id in ids:
+                assert (await producer.get(execution_id)).status is Status.ACTIVE
+    print(f"\nstop with a silent database took {took:.1f} s (grace 1 s)")
+
+
+def test_handle_signals_outside_the_main_thread_fails_run_and_wait_ready() -> None:
+    app = App()
+
+    @app.action("thread.job")
+    async def job(_: Any) -> None:
+        return None
+
+    worker = Worker(app, "host=127.0.0.1 port=1")  # never reached: it fails before connecting
+    errors: list[BaseException] = []
+
+    async def main() -> None:
+        run = asyncio.create_task(worker.run(handle_signals=True))
+        try:
+            await asyncio.wait_for(worker.wait_ready(), timeout=10)
+        except RuntimeError as exc:
+            errors.append(exc)
+        with pytest.raises(RuntimeError):
+            await run
+
+    thread = threading.Thread(target=asyncio.run, args=(main(),))
+    thread.start()
+    thread.join(timeout=20)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and "main thread" in str(errors[0])
