@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any
 
+import psycopg
 import pytest
 from helpers import wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -93,3 +94,39 @@ def test_handle_signals_outside_the_main_thread_fails_run_and_wait_ready() -> No
     thread.join(timeout=20)
     assert not thread.is_alive()
     assert len(errors) == 1 and "main thread" in str(errors[0])
+
+
+async def test_a_claim_the_database_does_not_answer_does_not_hold_a_stop(dsn: str) -> None:
+    app = App()
+
+    @app.action("slow.job", max_concurrent=1)
+    async def job(_: Any) -> None:
+        return None
+
+    worker = Worker(app, dsn, concurrency=1, grace=1.0, claim_interval=0.1)
+    run = asyncio.create_task(worker.run())
+    await asyncio.wait_for(worker.wait_ready(), timeout=30)
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        # The worker's next claim waits behind this lock for as long as the
+        # holder keeps it: a database that does not answer it.
+        await holder.execute("LOCK TABLE fifoq.executions IN ACCESS EXCLUSIVE MODE")
+
+        async def claim_waits() -> bool:
+            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+                cur = await conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                    " AND query LIKE '%claim_deferred%'"
+                )
+                row = await cur.fetchone()
+            return row is not None and row[0] > 0
+
+        await wait_until(claim_waits, timeout=10, message="a claim waiting for the lock")
+        stopped_at = time.monotonic()
+        worker.stop()
+        try:
+            # Before the fix the stop waited for the claim as long as the lock.
+            await asyncio.wait_for(asyncio.shield(run), timeout=worker.grace + BOUND_AFTER_GRACE)
+        finally:
+            await holder.rollback()
+            await asyncio.wait_for(run, timeout=30)
+    print(f"\nstop with a claim stuck on a lock took {time.monotonic() - stopped_at:.1f} s")
