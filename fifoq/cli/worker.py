@@ -132,7 +132,9 @@ def worker(
         app = load_app(app_spec)
     except AppLoadError as exc:
         bad_value("MODULE:APP", str(exc))
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:
+        # SystemExit too: a module that calls sys.exit() while imported
+        # would otherwise end the worker with no word of why.
         if debug:
             raise
         fail(f"could not import {app_spec!r}: {type(exc).__name__}: {exc}")

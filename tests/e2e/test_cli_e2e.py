@@ -584,3 +584,16 @@ def test_stats_watch_table_redraws_on_a_terminal_until_ctrl_c(dsn: str) -> None:
                 proc.kill()
             os.close(master)
     assert b"\x1b[" in seen  # cursor movement: redrawn in place
+
+
+def test_an_app_module_that_exits_while_imported_is_a_one_line_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "exits_on_import.py").write_text("import sys\nsys.exit(5)\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    result = CliRunner().invoke(app, ["worker", "exits_on_import:app", "--dsn", NO_SERVER])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.strip() == (
+        "fifoq: error: could not import 'exits_on_import:app': SystemExit: 5"
+    )
