@@ -199,6 +199,7 @@ class Worker:
         self._wake = asyncio.Event()
         self._notified = False
         self._stopping = False
+        self._ran = False
         self._force = asyncio.Event()
         self._stop_requested = asyncio.Event()  # set by stop(); ends a claim's wait
         self._ready = asyncio.Event()
@@ -245,8 +246,12 @@ class Worker:
         """Connect, apply the app's policies, and run handlers until :meth:`stop`.
 
         With ``handle_signals`` SIGTERM and SIGINT call :meth:`stop` (only in
-        the main thread).
+        the main thread). A Worker runs once; a second call raises RuntimeError.
         """
+        if self._ran:
+            # Its stop state, counters and handed-back list are this run's.
+            raise RuntimeError("a Worker runs once: create a new one to run again")
+        self._ran = True
         loop = asyncio.get_running_loop()
         installed: list[signal.Signals] = []
         try:

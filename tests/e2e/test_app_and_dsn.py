@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import psycopg
 import pytest
 
 from fifoq import App, InvalidInput, InvalidPolicy
@@ -103,3 +104,18 @@ def test_resolve_dsn_order(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_dsn(None) == "postgresql://env/db"
     monkeypatch.delenv("FIFOQ_DSN")
     assert resolve_dsn(None) == ""  # libpq's PG* variables
+
+
+async def test_a_worker_runs_once() -> None:
+    app = App()
+
+    @app.action("x.run")
+    async def run(payload: object) -> None:
+        return None
+
+    worker = Worker(app, "postgresql://nobody@127.0.0.1:1/none")  # nothing listens on port 1
+    with pytest.raises(psycopg.OperationalError):
+        await worker.run()
+    # A second run would start out stopping, with the first run's counters.
+    with pytest.raises(RuntimeError, match="runs once"):
+        await worker.run()
