@@ -33,7 +33,14 @@ from .errors import (
 from .listener import Listener
 from .models import Execution, Outcome, Policy, Purged, QueueStats, Status
 from .queries import query
-from .statements import Change, Statements, being_cancelled, changed_rows
+from .statements import (
+    Change,
+    KeptConnection,
+    Statements,
+    array_literal,
+    being_cancelled,
+    changed_rows,
+)
 from .validation import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_BATCH,
@@ -90,6 +97,11 @@ class QueueManager:
         self._pool = pool
         self._db = Statements(pool)
         self._own_pool = own_pool
+        # A worker's claims and completions come one after another: they run
+        # on a connection of their own rather than a pooled one each time.
+        # Only beside fifoq's own pool: a caller's pool may configure its
+        # connections in ways fifoq cannot repeat.
+        self._kept = KeptConnection(self._connect_kept) if own_pool else None
         self.name = name or f"{socket.gethostname()}:{os.getpid()}:{next(_counter)}"
         self.lease = lease
         self.poll_interval = poll_interval
@@ -210,6 +222,10 @@ class QueueManager:
             kwargs = await kwargs
         return str(conninfo), {k: v for k, v in (kwargs or {}).items() if k != "autocommit"}
 
+    async def _connect_kept(self) -> psycopg.AsyncConnection[Any]:
+        conninfo, kwargs = await self._listener_params()
+        return await psycopg.AsyncConnection.connect(conninfo, **kwargs, autocommit=True)
+
     async def close(self) -> None:
         """Stop listening, end this executor (what it still owns is abandoned), close the pool."""
         if self._closed:
@@ -221,6 +237,8 @@ class QueueManager:
             await asyncio.wait(set(self._cleanups), timeout=_CLOSE_TIMEOUT)
         if self.register_executor:
             await self._end_executor()
+        if self._kept is not None:
+            await self._kept.close()
         if self._own_pool:
             await self._pool.close(timeout=_CLOSE_TIMEOUT)
 
@@ -296,10 +314,14 @@ class QueueManager:
         check_batch_size(len(values), what="payloads")
         params = {
             "action": action,
-            "payloads": [
-                to_json(p, what=f"payload {i} for action {action!r}", limit=self.max_payload_bytes)
-                for i, p in enumerate(values)
-            ],
+            "payloads": array_literal(
+                [
+                    to_json(
+                        p, what=f"payload {i} for action {action!r}", limit=self.max_payload_bytes
+                    )
+                    for i, p in enumerate(values)
+                ]
+            ),
             "group": check_group(group),
             "owner": None,
         }
@@ -440,14 +462,15 @@ class QueueManager:
         rows = await self._db.rows(
             query("complete_many"),
             {
-                "ids": ids,
-                "results": results,
-                "errors": errors,
+                "ids": array_literal(ids),
+                "results": array_literal(results),
+                "errors": array_literal(errors),
                 "claimer": claimer if claim_limit > 0 else None,
-                "actions": claim_actions,
+                "actions": None if claim_actions is None else array_literal(claim_actions),
                 "limit": max(claim_limit, 0),
             },
             changed=changed_rows,
+            kept=self._kept if claimer is not None else None,
         )
         executions = [Execution.from_row(row) for row in rows]
         return executions[: len(items)], executions[len(items) :]
@@ -502,7 +525,10 @@ class QueueManager:
         params = {"actions": None if actions is None else list(actions), "limit": limit}
         rows = await self._as_executor(
             lambda executor_id: self._db.rows(
-                query("claim"), {**params, "executor": executor_id}, changed=changed_rows
+                query("claim"),
+                {**params, "executor": executor_id},
+                changed=changed_rows,
+                kept=self._kept,
             )
         )
         return [Execution.from_row(r) for r in rows]

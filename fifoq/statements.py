@@ -19,7 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, LiteralString
 
 import psycopg
@@ -30,7 +30,15 @@ from .errors import FifoqError, wrap_database_errors
 from .models import Status
 from .queries import query
 
-__all__ = ["Change", "Changed", "Statements", "being_cancelled", "changed_rows"]
+__all__ = [
+    "Change",
+    "Changed",
+    "KeptConnection",
+    "Statements",
+    "array_literal",
+    "being_cancelled",
+    "changed_rows",
+]
 
 logger = logging.getLogger("fifoq")
 
@@ -42,6 +50,9 @@ _CONNECTION_ENDED = frozenset({"57P01", "57P02", "57P03"})
 # restarts (or a pool refilled just before a shutdown) can cost one call more
 # dead connections than the pool holds.
 LOST_CONNECTION_RETRY_SECONDS = 30.0
+# After a kept connection could not be opened, how long its statements use
+# the pool before it is tried again.
+KEPT_RECONNECT_SECONDS = 1.0
 
 
 def being_cancelled() -> bool:
@@ -87,6 +98,87 @@ _PROGRESS = {
 def changed_rows(rows: list[dict[str, Any]]) -> list[Change]:
     """What state changes that return execution rows did."""
     return [Change(row["id"], Status(row["status"]), row["owner"]) for row in rows]
+
+
+def array_literal(values: Sequence[str | int | None]) -> str:
+    """The text form of a one-dimensional array, for a parameter cast to an array type in SQL.
+
+    psycopg adapts a list by inspecting its items and building an array
+    dumper for them at every call, which costs a batch statement tens of
+    microseconds of Python; a string is sent as it is. Every text element is
+    double-quoted with ``\\`` and ``"`` escaped, so any text (braces, commas,
+    quotes, spaces, ``NULL``) reads back unchanged; None is ``NULL``.
+    """
+    items: list[str] = []
+    for value in values:
+        if value is None:
+            items.append("NULL")
+        elif isinstance(value, int):
+            items.append(str(value))
+        else:
+            items.append('"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"')
+    return "{" + ",".join(items) + "}"
+
+
+class KeptConnection:
+    """A connection kept for one caller's statements (a worker's completions and claims).
+
+    Checking a connection out of the pool and back costs every statement
+    some Python (its lock, its checks, the context managers); a caller that
+    runs one statement after another can keep one instead. It is opened on
+    first use, in autocommit, with the pool's parameters. :meth:`take` gives
+    it to one statement at a time: while it is in use, or while it cannot be
+    opened, the statement uses the pool, as does every retry after a lost
+    connection. A connection that comes back lost, or not idle (a statement
+    cancelled in flight), is closed and opened again on next use.
+    """
+
+    def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]) -> None:
+        self._connect = connect
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._busy = False
+        self._closed = False
+        self._retry_at = 0.0
+
+    async def take(self) -> psycopg.AsyncConnection[Any] | None:
+        """The kept connection, now this caller's until :meth:`give_back`; None: use the pool."""
+        if self._busy or self._closed:
+            return None
+        self._busy = True
+        conn = self._conn
+        if conn is None or conn.closed:
+            self._conn = conn = None
+            if time.monotonic() >= self._retry_at:
+                try:
+                    conn = await self._connect()
+                except (psycopg.Error, OSError) as exc:
+                    self._retry_at = time.monotonic() + KEPT_RECONNECT_SECONDS
+                    logger.info("could not open a kept connection (%s); using the pool", exc)
+                except BaseException:
+                    self._busy = False
+                    raise
+            if conn is not None and self._closed:  # closed while connecting
+                await conn.close()
+                conn = None
+            self._conn = conn
+        if conn is None:
+            self._busy = False
+        return conn
+
+    async def give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Return what :meth:`take` gave; closed if it is no longer fit for the next statement."""
+        self._busy = False
+        if self._closed or conn.pgconn.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            if conn is self._conn:
+                self._conn = None
+            await conn.close()
+
+    async def close(self) -> None:
+        """Close the connection (one in use is closed when given back)."""
+        self._closed = True
+        if self._conn is not None and not self._busy:
+            conn, self._conn = self._conn, None
+            await conn.close()
 
 
 class Statements:
@@ -136,6 +228,7 @@ class Statements:
         *,
         conn: psycopg.AsyncConnection[Any] | None = None,
         changed: Changed | None = None,
+        kept: KeptConnection | None = None,
     ) -> list[dict[str, Any]]:
         """Run one statement and return its rows.
 
@@ -146,7 +239,9 @@ class Statements:
         and the rows are returned only once they are durable. ``changed`` maps
         the rows to the :class:`Change` of each execution the statement changed
         (none: nothing to flush, e.g. a claim that found no work), which are
-        checked if the flush has to be redone elsewhere.
+        checked if the flush has to be redone elsewhere. With ``kept`` the
+        first attempt runs on that connection when it is free (see
+        :class:`KeptConnection`); retries use the pool.
         """
         with wrap_database_errors():
             if conn is not None:
@@ -158,7 +253,8 @@ class Statements:
                 pooled: psycopg.AsyncConnection[Any] | None = None
                 flush_error: psycopg.Error | None = None
                 try:
-                    async with self._pool.connection() as pooled, _autocommit(pooled):
+                    async with _connection(self._pool, kept) as pooled:
+                        kept = None  # a retry uses the pool
                         async with pooled.cursor(row_factory=dict_row) as cur:
                             await cur.execute(sql_text, params)
                             rows = await cur.fetchall()
@@ -222,6 +318,21 @@ class Statements:
             except psycopg.OperationalError:
                 if time.monotonic() >= give_up_at or being_cancelled():
                     raise
+
+
+@contextlib.asynccontextmanager
+async def _connection(
+    pool: AsyncConnectionPool[Any], kept: KeptConnection | None
+) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """The kept connection if there is one free, else a pooled one; in autocommit."""
+    if kept is not None and (conn := await kept.take()) is not None:
+        try:
+            yield conn
+        finally:
+            await kept.give_back(conn)
+        return
+    async with pool.connection() as pooled, _autocommit(pooled):
+        yield pooled
 
 
 @contextlib.asynccontextmanager

@@ -837,3 +837,37 @@ async def test_sql_callers_get_the_error_codes_and_nothing_changes(
             else:
                 assert "more than once" in message, message
     assert await counts(dsn) == before
+
+
+AWKWARD_TEXTS = [
+    "",
+    "NULL",
+    "null",
+    " padded ",
+    "a,b",
+    "{braces}",
+    '"quoted"',
+    "back\\slash",
+    '\\"',
+    "tab\tand\nnewline",
+    "é ☃ 𝄞",
+]
+
+
+async def test_awkward_payloads_results_and_errors_travel_unchanged_in_batches(
+    qm: QueueManager,
+) -> None:
+    # Batches send their lists as array literals (statements.array_literal):
+    # quoting must keep every text exactly as given.
+    await qm.set_policy("batch.awkward", max_concurrent=len(AWKWARD_TEXTS) * 2)
+    payloads: list[Any] = [{"t": t, t: [t]} for t in AWKWARD_TEXTS] + list(AWKWARD_TEXTS)
+    e = await qm.enqueue_many("batch.awkward", payloads)
+    assert [(await qm.get(x.id)).payload for x in e] == payloads
+    half = len(AWKWARD_TEXTS)
+    done = await qm.complete_many(
+        [Outcome(x.id, result={"r": t}) for x, t in zip(e[:half], AWKWARD_TEXTS, strict=True)]
+        + [Outcome(x.id, error=t) for x, t in zip(e[half:], AWKWARD_TEXTS, strict=True)]
+    )
+    assert [d.result for d in done[:half]] == [{"r": t} for t in AWKWARD_TEXTS]
+    assert [d.error for d in done[half:]] == AWKWARD_TEXTS
+    assert [d.status for d in done] == [Status.SUCCEEDED] * half + [Status.FAILED] * half
