@@ -125,17 +125,21 @@ class KeptConnection:
 
     Checking a connection out of the pool and back costs every statement
     some Python (its lock, its checks, the context managers); a caller that
-    runs one statement after another can keep one instead. It is opened on
-    first use, in autocommit, with the pool's parameters. :meth:`take` gives
-    it to one statement at a time: while it is in use, or while it cannot be
-    opened, the statement uses the pool, as does every retry after a lost
-    connection. A connection that comes back lost, or not idle (a statement
-    cancelled in flight), is closed and opened again on next use.
+    runs one statement after another can keep one instead. :meth:`take`
+    gives it to one statement at a time: while it is in use, or not open,
+    the statement uses the pool, as does every retry after a lost
+    connection. It is opened in the background (autocommit, the pool's
+    parameters) when a statement finds none, so no statement ever waits for
+    a connection attempt (which could hang on an unreachable network until
+    the TCP timeout): that statement uses the pool. A connection that comes
+    back lost, or not idle (a statement cancelled in flight), is closed and
+    opened again the same way.
     """
 
     def __init__(self, connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]]) -> None:
         self._connect = connect
         self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._opening: asyncio.Task[None] | None = None
         self._busy = False
         self._closed = False
         self._retry_at = 0.0
@@ -144,26 +148,28 @@ class KeptConnection:
         """The kept connection, now this caller's until :meth:`give_back`; None: use the pool."""
         if self._busy or self._closed:
             return None
-        self._busy = True
         conn = self._conn
         if conn is None or conn.closed:
-            self._conn = conn = None
-            if time.monotonic() >= self._retry_at:
-                try:
-                    conn = await self._connect()
-                except (psycopg.Error, OSError) as exc:
-                    self._retry_at = time.monotonic() + KEPT_RECONNECT_SECONDS
-                    logger.info("could not open a kept connection (%s); using the pool", exc)
-                except BaseException:
-                    self._busy = False
-                    raise
-            if conn is not None and self._closed:  # closed while connecting
-                await conn.close()
-                conn = None
-            self._conn = conn
-        if conn is None:
-            self._busy = False
+            self._conn = None
+            if self._opening is None and time.monotonic() >= self._retry_at:
+                self._opening = asyncio.create_task(self._open(), name="fifoq-kept-connection")
+            return None
+        self._busy = True
         return conn
+
+    async def _open(self) -> None:
+        try:
+            conn = await self._connect()
+        except (psycopg.Error, OSError) as exc:
+            self._retry_at = time.monotonic() + KEPT_RECONNECT_SECONDS
+            logger.info("could not open a kept connection (%s); using the pool", exc)
+            return
+        finally:
+            self._opening = None
+        if self._closed:
+            await conn.close()
+        else:
+            self._conn = conn
 
     async def give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Return what :meth:`take` gave; closed if it is no longer fit for the next statement."""
@@ -176,9 +182,19 @@ class KeptConnection:
     async def close(self) -> None:
         """Close the connection (one in use is closed when given back)."""
         self._closed = True
+        if self._opening is not None:
+            self._opening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._opening
         if self._conn is not None and not self._busy:
             conn, self._conn = self._conn, None
             await conn.close()
+
+    @property
+    def connection(self) -> psycopg.AsyncConnection[Any] | None:
+        """The connection kept now, if one is open (for tests and inspection)."""
+        conn = self._conn
+        return conn if conn is not None and not conn.closed else None
 
 
 class Statements:

@@ -202,6 +202,15 @@ async def test_a_callers_pool_without_autocommit_works_and_is_left_as_it_was(dsn
             assert conn.autocommit is False
 
 
+async def kept_connection(qm: QueueManager) -> psycopg.AsyncConnection[Any]:
+    """The executor's kept connection, once open: a worker call starts opening it."""
+    assert qm._kept is not None
+    if qm._kept.connection is None:
+        await qm.claim(None, 0)  # finds none open, so runs on the pool and opens one
+    kept = qm._kept
+    return await wait_until(lambda: kept.connection, message="the kept connection to open")
+
+
 async def test_a_workers_kept_connection_lost_in_the_flush_neither_repeats_nor_drops_it(
     dsn: str,
 ) -> None:
@@ -210,16 +219,19 @@ async def test_a_workers_kept_connection_lost_in_the_flush_neither_repeats_nor_d
     async with QueueManager.connect(dsn, max_size=2) as qm:
         await qm.set_policy("deferred.kept", max_concurrent=1)
         first, second = await qm.enqueue_many("deferred.kept", [1, 2])
+        await kept_connection(qm)
         await install_flush_fault(dsn)
         completed, claimed = await qm.complete_and_claim([Outcome(first.id)], None, 1)
         assert [(e.id, e.status) for e in completed] == [(first.id, Status.SUCCEEDED)]
         assert [(e.id, e.status, e.owner) for e in claimed] == [
             (second.id, Status.ACTIVE, qm.executor_id)
         ]
+        assert qm._kept is not None and qm._kept.connection is None  # the fault ended it
         async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
             assert await scalar(conn, "SELECT count(*) FROM public.flush_faults") == 0
             assert await scalar(conn, "SELECT count(*) FROM fifoq.executions") == 2
-        # The next statement opens a new kept connection and carries on.
+        # A new kept connection is opened, and the worker carries on.
+        await kept_connection(qm)
         completed, claimed = await qm.complete_and_claim([Outcome(second.id)], None, 1)
         assert [e.status for e in completed] == [Status.SUCCEEDED] and claimed == []
 
@@ -231,22 +243,19 @@ async def test_a_kept_connection_that_was_terminated_is_replaced(dsn: str) -> No
     ):
         await qm.set_policy("deferred.terminated", max_concurrent=1)
         executions = await qm.enqueue_many("deferred.terminated", list(range(4)))
-
-        def kept_pid() -> int | None:
-            kept = qm._kept._conn if qm._kept is not None else None
-            return kept.info.backend_pid if kept is not None and not kept.closed else None
-
-        assert kept_pid() is None  # opened on first use
+        assert qm._kept is not None and qm._kept.connection is None  # not before a worker call
+        first = (await kept_connection(qm)).info.backend_pid
         done, claimed = await qm.complete_and_claim([Outcome(executions[0].id)], None, 1)
         assert [e.id for e in claimed] == [executions[1].id]
-        first = kept_pid()
-        assert first is not None
         await admin.execute("SELECT pg_terminate_backend(%s)", (first,))
         # Lost between statements: this one is retried on the pool...
         done, claimed = await qm.complete_and_claim([Outcome(executions[1].id)], None, 1)
         assert [e.id for e in claimed] == [executions[2].id]
-        # ...and the next opens a new kept connection.
+        # ...and a new kept connection is opened for the next.
+        second = (await kept_connection(qm)).info.backend_pid
+        assert second != first
         done, claimed = await qm.complete_and_claim([Outcome(executions[2].id)], None, 1)
         assert [e.id for e in claimed] == [executions[3].id]
         assert done[0].status is Status.SUCCEEDED
-        assert kept_pid() not in (None, first)
+        assert qm._kept.connection is not None
+        assert qm._kept.connection.info.backend_pid == second
