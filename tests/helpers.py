@@ -11,7 +11,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, TypeVar, overload
+from typing import Any, LiteralString, TypeVar, overload
 
 import psycopg
 import pytest
@@ -240,6 +240,14 @@ def dump_tasks(reason: str) -> str:
         for frame in task.get_stack(limit=40):
             lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} in {frame.f_code.co_name}")
     return "\n".join(lines)
+
+
+async def count_of(dsn: str, statement: LiteralString) -> int:
+    """The count a fixed ``SELECT count(*) ...`` returns, on a connection of its own."""
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(statement)
+        row = await cur.fetchone()
+    return int(row[0]) if row is not None else 0
 
 
 async def executor_row(dsn: str, executor_id: int) -> tuple[object, object]:

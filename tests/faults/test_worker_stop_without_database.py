@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import wait_until
+from helpers import count_of, wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from fifoq import App, QueueManager, Status, Worker
@@ -112,13 +112,14 @@ async def test_a_claim_the_database_does_not_answer_does_not_hold_a_stop(dsn: st
         await holder.execute("LOCK TABLE fifoq.executions IN ACCESS EXCLUSIVE MODE")
 
         async def claim_waits() -> bool:
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                cur = await conn.execute(
+            return (
+                await count_of(
+                    dsn,
                     "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                    " AND query LIKE '%claim_deferred%'"
+                    " AND query LIKE '%claim_deferred%'",
                 )
-                row = await cur.fetchone()
-            return row is not None and row[0] > 0
+                > 0
+            )
 
         await wait_until(claim_waits, timeout=10, message="a claim waiting for the lock")
         stopped_at = time.monotonic()

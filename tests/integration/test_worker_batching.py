@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import psycopg
 import pytest
-from helpers import assert_fifo_and_limit, fetch_rows, wait_until
+from helpers import assert_fifo_and_limit, count_of, fetch_rows, wait_until
 
 from fifoq import App, Execution, InvalidTransition, Outcome, QueueManager, Status
 from fifoq.worker import Worker
@@ -283,13 +283,14 @@ async def test_work_a_completion_brings_after_stop_is_listed_as_handed_back(
         go.set()  # both finish; their completion waits for the queue lock
 
         async def completion_waits() -> bool:
-            async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
-                cur = await conn.execute(
+            return (
+                await count_of(
+                    dsn,
                     "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'"
-                    " AND classid = 1718183537 AND NOT granted"
+                    " AND classid = 1718183537 AND NOT granted",
                 )
-                row = await cur.fetchone()
-            return row is not None and row[0] > 0
+                > 0
+            )
 
         await wait_until(completion_waits, message="completion statement waiting for the lock")
         worker.stop()
