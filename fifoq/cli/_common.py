@@ -88,7 +88,7 @@ def errors_handled(debug: bool, dsn: str = "") -> Iterator[None]:
         if debug:
             raise
         # Also what no fifoq call wrapped (a missing schema, say).
-        fail(scrub(str(error_from_database(exc) or exc) or type(exc).__name__, dsn))
+        fail(scrub(str(error_from_database(exc) or _server_message(exc)), dsn))
     except BrokenPipeError:
         # Whoever read the output stopped (`fifoq migrate --sql | head`): not
         # an error to report. Output goes nowhere from here on, so the flush
@@ -99,6 +99,17 @@ def errors_handled(debug: bool, dsn: str = "") -> Iterator[None]:
         if debug:
             raise
         fail(scrub(str(exc) or type(exc).__name__, dsn))
+
+
+def _server_message(exc: psycopg.Error) -> str:
+    # The server's own words and hint, without the CONTEXT lines of the SQL
+    # functions it failed in (--debug shows everything). Errors of the
+    # client (a connection that failed) have no primary message: all of it.
+    primary = exc.diag.message_primary
+    if not primary:
+        return str(exc) or type(exc).__name__
+    hint = exc.diag.message_hint
+    return f"{primary} (hint: {hint})" if hint else primary
 
 
 def run(coro: Coroutine[Any, Any, T], *, debug: bool, dsn: str = "") -> T:

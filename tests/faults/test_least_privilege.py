@@ -14,8 +14,10 @@ import pytest
 from helpers import wait_until
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from typer.testing import CliRunner
 
 from fifoq import ExecutionCancelled, FifoqError, QueueManager, QueueTimeout, Status
+from fifoq.cli import app
 from fifoq.migrations import grant_executor_role
 
 from .proxy import BlackholeProxy
@@ -181,3 +183,16 @@ def closed_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
     return port
+
+
+def test_the_cli_says_what_the_executor_role_may_not_do_in_one_line(
+    dsn: str, executor_dsn: str
+) -> None:
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        owner.execute("SELECT fifoq.set_policy('priv.kept', 2)")
+    result = CliRunner().invoke(app, ["policy", "delete", "priv.kept", "--dsn", executor_dsn])
+    assert result.exit_code == 1
+    # The server's words, without the CONTEXT of the function it failed in.
+    assert result.stderr == "fifoq: error: permission denied for table policies\n"
+    with psycopg.connect(dsn, autocommit=True) as owner:
+        assert owner.execute("SELECT count(*) FROM fifoq.policies").fetchone() == (1,)
