@@ -119,7 +119,8 @@ class _Running:
     spec: ActionSpec
     started: float = field(default_factory=time.monotonic)
     task: asyncio.Task[None] | None = None
-    stop_reason: str | None = None  # "cancelled" / "abandoned" (by the database), "shutdown"
+    # "cancelled" / "abandoned" (by the database), "shutdown", "unconfirmed" (outcome cut)
+    stop_reason: str | None = None
     completing: bool = False
     recorded: bool = False
     unsubscribe: Any = None
@@ -194,6 +195,9 @@ class Worker:
         self.keep_slot_under = keep_slot_under
         self.executor_id: int | None = None
         self.handed_back: list[int] = []
+        # Executions whose outcome statement was cut at a stop (the database
+        # did not answer): recorded, or abandoned with the executor.
+        self.unconfirmed: list[int] = []
         self.completed = 0
         self._running: dict[int, _Running] = {}
         self._wake = asyncio.Event()
@@ -289,10 +293,17 @@ class Worker:
                     # reaped, and are abandoned).
                     if not await self._completions.aclose(timeout=_SETTLE_SECONDS):
                         logger.warning(
-                            "outcomes not recorded in %g s (is the database reachable?); "
-                            "their executions are abandoned when this executor closes or "
-                            "its lease runs out",
+                            "outcomes sent at the stop were not confirmed in %g s (is the "
+                            "database reachable?)",
                             _SETTLE_SECONDS,
+                        )
+                    if self.unconfirmed:
+                        logger.warning(
+                            "the outcomes of %d execution(s) were sent but not confirmed (the "
+                            "database did not answer): %s; each was recorded, or is abandoned "
+                            "when this executor closes or its lease runs out",
+                            len(self.unconfirmed),
+                            ", ".join(map(str, self.unconfirmed)),
                         )
                     self.executor_id = qm.executor_id  # a new one if it was reaped and rejoined
                 if self.handed_back:
@@ -391,20 +402,24 @@ class Worker:
     async def _claim(self, qm: QueueManager, free: int) -> list[Execution]:
         """``qm.claim``; a stop while it waits on the database gives it the grace period.
 
-        A claim answers in milliseconds while the database does: one still
-        running at a stop is waiting for a connection or an answer, and it
-        must not hold the shutdown past ``grace`` (or a second stop). Cut
-        then, it took nothing, or what it took stays active and owned by
-        this executor, whose close (or reaping) abandons it.
+        A claim answers in milliseconds while the database does: it gets the
+        grace period, at least _SETTLE_SECONDS (what it takes then runs under
+        the grace period, or is handed back and listed), and a second stop
+        ends the wait. Cut after that, it took nothing, or what it took stays
+        active and owned by this executor, whose close (or reaping) abandons
+        it; which ones cannot be known, so the log says so.
         """
         claim = asyncio.ensure_future(qm.claim(self.actions, free))
         stop = asyncio.ensure_future(self._stop_requested.wait())
         try:
             await asyncio.wait({claim, stop}, return_when=asyncio.FIRST_COMPLETED)
             if not claim.done():
-                await self._wait_unless_forced({claim}, self.grace)
+                await self._wait_unless_forced({claim}, max(self.grace, _SETTLE_SECONDS))
             if not claim.done():
-                logger.warning("stopping: cancelling a claim the database has not answered")
+                logger.warning(
+                    "stopping: cancelling a claim the database has not answered; what it "
+                    "took, if anything, is abandoned when this executor closes or is reaped"
+                )
                 claim.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await claim
@@ -474,6 +489,8 @@ class Worker:
                 running.stop_reason,
                 time.monotonic() - running.started,
             )
+        elif running.stop_reason == "unconfirmed":
+            self.unconfirmed.append(execution.id)
         elif (
             running.stop_reason == "shutdown"
             and not running.recorded
@@ -647,6 +664,9 @@ class Worker:
             # all; their executions are handed back.
             still = {r.task for r in self._running.values() if r.task and not r.task.done()}
             if still:
+                for running in self._running.values():
+                    if running.completing and not running.recorded:
+                        running.stop_reason = "unconfirmed"  # sent, maybe committed
                 self._completions.cancel()
                 self._cancel_handlers(completing_too=True)
                 _, still = await asyncio.wait(still, timeout=_SETTLE_SECONDS)
@@ -657,7 +677,11 @@ class Worker:
             for running in list(self._running.values()):
                 if running.task in still:
                     self.stuck.append(running.execution.id)
-                    if not running.recorded and running.execution.id not in self.handed_back:
+                    if (
+                        not running.recorded
+                        and running.stop_reason != "unconfirmed"
+                        and running.execution.id not in self.handed_back
+                    ):
                         self.handed_back.append(running.execution.id)
             if self.stuck:
                 logger.error(
