@@ -148,6 +148,12 @@ class Worker:
     work then cost one statement per batch instead of a NOTIFY to every
     worker and a claim, while the slots of longer handlers are offered to
     all workers, so long work spreads over them. 0 turns this off.
+
+    After :meth:`run`: ``completed`` counts the outcomes recorded,
+    ``handed_back`` lists the executions handed back at the stop,
+    ``unconfirmed`` those whose outcome was sent but not confirmed (the
+    database did not answer), and ``stuck`` those whose handler ignored
+    its cancellation.
     """
 
     def __init__(
@@ -315,10 +321,12 @@ class Worker:
                         ", ".join(map(str, self.handed_back)),
                     )
             logger.info(
-                "worker stopped (executor %s): %d execution(s) completed, %d handed back",
+                "worker stopped (executor %s): %d execution(s) completed, %d handed back, "
+                "%d unconfirmed",
                 self.executor_id,
                 self.completed,
                 len(self.handed_back),
+                len(self.unconfirmed),
             )
         except BaseException as exc:
             if not self._ready.is_set():
