@@ -179,7 +179,7 @@ class QueueManager:
             # One direct connection first: an unreachable server or a bad
             # password fails at once with libpq's message, not after the
             # pool's 30 s wait.
-            conninfo, kwargs = await self._listener_params()
+            conninfo, kwargs = await self._pool_params()
             probe = await psycopg.AsyncConnection.connect(conninfo, **kwargs)
             await probe.close()
             await self._pool.open(wait=True)
@@ -188,7 +188,7 @@ class QueueManager:
             return
         try:
             self.executor_id = await self._register()
-            conninfo, kwargs = await self._listener_params()
+            conninfo, kwargs = await self._pool_params()
             self._listener = Listener(
                 conninfo,
                 kwargs,
@@ -208,8 +208,9 @@ class QueueManager:
         self._maintenance = asyncio.create_task(self._maintain_forever(), name="fifoq-maintenance")
         logger.info("executor %s (%s) connected", self.executor_id, self.name)
 
-    async def _listener_params(self) -> tuple[str, dict[str, Any]]:
-        # The LISTEN connection uses the pool's own connection parameters.
+    async def _pool_params(self) -> tuple[str, dict[str, Any]]:
+        # The pool's own connection parameters, for the connections fifoq
+        # opens beside it: the probe, the LISTEN connection, the kept one.
         conninfo: Any = self._pool.conninfo
         kwargs: Any = self._pool.kwargs
         if callable(conninfo):
@@ -223,7 +224,7 @@ class QueueManager:
         return str(conninfo), {k: v for k, v in (kwargs or {}).items() if k != "autocommit"}
 
     async def _connect_kept(self) -> psycopg.AsyncConnection[Any]:
-        conninfo, kwargs = await self._listener_params()
+        conninfo, kwargs = await self._pool_params()
         return await psycopg.AsyncConnection.connect(conninfo, **kwargs, autocommit=True)
 
     async def close(self) -> None:
@@ -522,7 +523,11 @@ class QueueManager:
         ``actions`` None takes any action's; an empty list takes nothing.
         """
         self._check_executor()
-        params = {"actions": None if actions is None else list(actions), "limit": limit}
+        # Array text, as complete_many sends its actions (see array_literal).
+        params = {
+            "actions": None if actions is None else array_literal(list(actions)),
+            "limit": limit,
+        }
         rows = await self._as_executor(
             lambda executor_id: self._db.rows(
                 query("claim"),

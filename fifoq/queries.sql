@@ -115,7 +115,7 @@ LIMIT %(limit)s;
 -- A worker takes admitted executions that nobody owns yet.
 SELECT id, action, "group", seq, status, payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.claim_deferred(%(executor)s, %(actions)s, %(limit)s);
+FROM fifoq.claim_deferred(%(executor)s, %(actions)s::text[], %(limit)s);
 
 -- name: set_policy
 SELECT * FROM fifoq.set_policy(%(action)s, %(max_concurrent)s, %(max_queue_length)s,

@@ -871,3 +871,14 @@ async def test_awkward_payloads_results_and_errors_travel_unchanged_in_batches(
     assert [d.result for d in done[:half]] == [{"r": t} for t in AWKWARD_TEXTS]
     assert [d.error for d in done[half:]] == AWKWARD_TEXTS
     assert [d.status for d in done] == [Status.SUCCEEDED] * half + [Status.FAILED] * half
+
+
+async def test_workers_claim_actions_with_awkward_names(qm: QueueManager) -> None:
+    # claim and complete_and_claim send their actions as array literals too.
+    names = ["w.a,b", 'w."q"', "w.back\\slash", "w.{b}", "NULL", "w. padded "]
+    for name in names:
+        first, second = await qm.enqueue(name), await qm.enqueue(name)  # unlimited: both active
+        claimed = await qm.claim([name], 1)
+        assert [c.id for c in claimed] == [first.id], name
+        _, more = await qm.complete_and_claim([Outcome(first.id)], [name], 1)
+        assert [c.id for c in more] == [second.id], name
