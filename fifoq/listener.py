@@ -115,13 +115,13 @@ class Listener:
         self._conn = await self._connect()
         self._task = asyncio.create_task(self._run(), name=f"fifoq-listener-{self.executor_id}")
 
-    async def stop(self) -> None:
-        """Stop listening and close the connection."""
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Stop listening and close the connection, waiting at most ``timeout`` s for the task."""
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
             # Bounded: a stop must never hang a closing executor.
-            await asyncio.wait({self._task}, timeout=5.0)
+            await asyncio.wait({self._task}, timeout=timeout)
         await self._close()
 
     def listen_for_work(self, callback: Callable[[str], None]) -> None:

@@ -65,7 +65,11 @@ _T = TypeVar("_T")
 
 _counter = itertools.count(1)
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
-_CLOSE_TIMEOUT = 5.0  # seconds each step of close() may take
+# Seconds close() waits in all for statements that do not come back (a
+# database that does not answer): one deadline shared by its steps, so a
+# silent server costs a closing executor this long, not this long per step.
+_CLOSE_TIMEOUT = 5.0
+_POOL_CLOSE_FLOOR = 0.5
 
 
 class QueueManager:
@@ -228,35 +232,48 @@ class QueueManager:
         return await psycopg.AsyncConnection.connect(conninfo, **kwargs, autocommit=True)
 
     async def close(self) -> None:
-        """Stop listening, end this executor (what it still owns is abandoned), close the pool."""
+        """Stop listening, end this executor (what it still owns is abandoned), close the pool.
+
+        Bounded: when the database does not answer, close gives up waiting
+        for it after ``_CLOSE_TIMEOUT`` seconds in all (the others then reap
+        this executor when its lease runs out).
+        """
         if self._closed:
             return
         self._closed = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + _CLOSE_TIMEOUT
+
+        def left() -> float:
+            return max(0.0, deadline - loop.time())
+
         # Cancels that cancelled waiters left running finish first: they are
         # short, and unregistering would abandon those executions anyway.
         if self._cleanups:
-            await asyncio.wait(set(self._cleanups), timeout=_CLOSE_TIMEOUT)
+            await asyncio.wait(set(self._cleanups), timeout=left())
         if self.register_executor:
-            await self._end_executor()
+            await self._end_executor(left)
         if self._kept is not None:
             await self._kept.close()
         if self._own_pool:
-            await self._pool.close(timeout=_CLOSE_TIMEOUT)
+            # Closing sockets takes no answer from the server: a moment for
+            # the pool's own tasks to end, even when the deadline has passed.
+            await self._pool.close(timeout=max(left(), _POOL_CLOSE_FLOOR))
 
-    async def _end_executor(self) -> None:
+    async def _end_executor(self, left: Callable[[], float]) -> None:
         # Let the maintenance pass finish its statement rather than cancel it
         # mid-query (a cancelled query can leave its pooled connection broken).
         self._stop.set()
         if self._maintenance is not None:
-            done, _ = await asyncio.wait({self._maintenance}, timeout=_CLOSE_TIMEOUT)
+            done, _ = await asyncio.wait({self._maintenance}, timeout=left())
             if not done:
                 self._maintenance.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._maintenance
         if self._listener is not None:
-            await self._listener.stop()
+            await self._listener.stop(timeout=left())
         try:
-            async with asyncio.timeout(_CLOSE_TIMEOUT):
+            async with asyncio.timeout(left()):
                 await self._db.one(query("unregister_executor"), {"executor": self.executor_id})
         except (psycopg.Error, FifoqError, TimeoutError) as exc:
             # The others reap it when its lease runs out.
