@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from dataclasses import dataclass, field
 
 
@@ -15,7 +17,21 @@ class Pipe:
     upstream: asyncio.StreamWriter
     upstream_port: int  # our local port towards the server = client_port in pg_stat_activity
     blackholed: bool = False
+    # Server-to-client bytes are swallowed (the replies "never arrive"); the
+    # client-to-server direction still flows.
+    muted: bool = False
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def cut(self) -> None:
+        """Reset the client side (RST, no FIN): the client's read fails with no SQLSTATE.
+
+        The server side stays open and silent, as after a network drop: the
+        backend does not learn of it.
+        """
+        sock = self.client.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.client.transport.abort()
 
 
 class BlackholeProxy:
@@ -33,6 +49,10 @@ class BlackholeProxy:
         self.pipes: list[Pipe] = []
         self.refuse_new = False
         self.refused = 0
+        # mute_when_sent(marker): the first pipe whose client sends bytes
+        # containing the marker gets muted before they are forwarded.
+        self._marker: bytes | None = None
+        self.muted: asyncio.Future[Pipe] | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -67,6 +87,18 @@ class BlackholeProxy:
             pipe.blackholed = True
         return chosen
 
+    def mute_when_sent(self, marker: bytes) -> asyncio.Future[Pipe]:
+        """Mute the replies of the next pipe that sends ``marker`` (e.g. a function name).
+
+        The statement itself reaches the server and runs; its reply does not
+        come back. Returns a future set to that pipe. psycopg sends a
+        statement's text until it prepares it (its 5th run on a connection),
+        so arm this before the statement's first runs.
+        """
+        self._marker = marker
+        self.muted = asyncio.get_running_loop().create_future()
+        return self.muted
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refuse_new:
             self.refused += 1
@@ -86,15 +118,22 @@ class BlackholeProxy:
             asyncio.create_task(self._pump(pipe, up_reader, writer)),
         ]
 
-    @staticmethod
-    async def _pump(pipe: Pipe, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, pipe: Pipe, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        upstream = writer is pipe.upstream
         try:
             while data := await reader.read(65536):
-                if pipe.blackholed:
+                if upstream and self._marker is not None and self._marker in data:
+                    self._marker = None
+                    pipe.muted = True
+                    assert self.muted is not None
+                    self.muted.set_result(pipe)
+                if pipe.blackholed or (pipe.muted and not upstream):
                     continue  # swallowed: the packets "never arrive"
                 writer.write(data)
                 await writer.drain()
         except (ConnectionError, OSError):
             pass
-        if not pipe.blackholed:
+        if not pipe.blackholed and not pipe.muted:
             writer.close()

@@ -1,0 +1,266 @@
+"""A connection lost with no SQLSTATE after the server committed: the reply never came.
+
+Each test routes one client through a proxy, lets a chosen state change
+reach the server and commit, swallows its reply, waits (from another
+connection) until the change is visible, then resets the client side of
+that connection: the client sees "server closed the connection
+unexpectedly" with no SQLSTATE, exactly as after a network drop or a
+proxy's RST. The statement did commit, so running it again blindly would
+do it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import psycopg
+from helpers import wait_until
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from fifoq import App, Outcome, QueueManager, Status
+from fifoq.worker import Worker
+
+from .proxy import BlackholeProxy, Pipe
+
+DEADLINE = 10.0  # for conditions that take milliseconds when things work
+
+
+@asynccontextmanager
+async def proxied(dsn: str) -> AsyncIterator[tuple[BlackholeProxy, str]]:
+    params = conninfo_to_dict(dsn)
+    async with BlackholeProxy(str(params["host"]), int(str(params["port"]))) as proxy:
+        yield proxy, make_conninfo(dsn, host="127.0.0.1", port=str(proxy.port))
+
+
+async def rows(dsn: str, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        cur = await conn.execute(sql, params)  # type: ignore[arg-type]
+        return await cur.fetchall()
+
+
+async def cut_once_committed(muted: asyncio.Future[Pipe], committed: Any) -> None:
+    """Once the muted statement's change is visible elsewhere, reset its connection."""
+    pipe = await asyncio.wait_for(muted, DEADLINE)
+    await wait_until(committed, DEADLINE, message="the change committed on the server")
+    pipe.cut()
+
+
+async def live(dsn: str, action: str) -> list[tuple[Any, ...]]:
+    return await rows(
+        dsn,
+        "SELECT id, status::text, owner FROM fifoq.execution_details"
+        " WHERE action = %s ORDER BY id",
+        (action,),
+    )
+
+
+# -- 4. bare enqueue -------------------------------------------------------
+
+
+async def test_bare_enqueue_whose_reply_was_lost_is_stored_once(dsn: str) -> None:
+    async with proxied(dsn) as (proxy, via), QueueManager.connect(via, name="producer") as qm:
+        await qm.set_policy("amb.bare", max_concurrent=1)
+        muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
+
+        async def one_row() -> bool:
+            return len(await live(dsn, "amb.bare")) == 1
+
+        cutter = asyncio.create_task(cut_once_committed(muted, one_row))
+        execution = await asyncio.wait_for(qm.enqueue("amb.bare", {"n": 1}), DEADLINE)
+        await cutter
+        stored = await live(dsn, "amb.bare")
+        assert [r[0] for r in stored] == [execution.id], stored
+
+
+async def test_bare_enqueue_many_whose_reply_was_lost_is_stored_once(dsn: str) -> None:
+    async with proxied(dsn) as (proxy, via), QueueManager.connect(via, name="producer") as qm:
+        muted = proxy.mute_when_sent(b"fifoq.enqueue_many_deferred(")
+
+        async def three_rows() -> bool:
+            return len(await live(dsn, "amb.many")) == 3
+
+        cutter = asyncio.create_task(cut_once_committed(muted, three_rows))
+        executions = await asyncio.wait_for(qm.enqueue_many("amb.many", [1, 2, 3]), DEADLINE)
+        await cutter
+        stored = await live(dsn, "amb.many")
+        assert [r[0] for r in stored] == [e.id for e in executions], stored
+        assert [e.payload for e in executions] == [1, 2, 3]
+
+
+# -- 3. owned enqueue (enqueue_and_wait) -------------------------------------
+
+
+async def test_enqueue_and_wait_whose_reply_was_lost_leaves_no_orphan(dsn: str) -> None:
+    async with proxied(dsn) as (proxy, via), QueueManager.connect(via, name="waiter") as qm:
+        await qm.set_policy("amb.owned", max_concurrent=1)
+        muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
+
+        async def one_row() -> bool:
+            return len(await live(dsn, "amb.owned")) == 1
+
+        cutter = asyncio.create_task(cut_once_committed(muted, one_row))
+        # The first attempt's execution took the only slot: a blind retry
+        # would wait behind it for good.
+        execution = await asyncio.wait_for(qm.enqueue_and_wait("amb.owned", {"n": 1}), DEADLINE)
+        await cutter
+        assert execution.status is Status.ACTIVE
+        assert execution.owner == qm.executor_id
+        assert [r[0] for r in await live(dsn, "amb.owned")] == [execution.id]
+        await qm.complete(execution.id)
+        # The slot is free again: nothing else holds it.
+        nxt = await asyncio.wait_for(qm.enqueue_and_wait("amb.owned", {"n": 2}), DEADLINE)
+        await qm.complete(nxt.id)
+
+
+# -- 2. completions ----------------------------------------------------------
+
+
+async def test_complete_whose_reply_was_lost_returns_the_completion(dsn: str) -> None:
+    async with (
+        QueueManager.connect(dsn, name="direct") as direct,
+        proxied(dsn) as (proxy, via),
+        QueueManager.connect(via, name="completer") as qm,
+    ):
+        execution = await direct.enqueue("amb.complete")
+        assert execution.status is Status.ACTIVE
+        muted = proxy.mute_when_sent(b"fifoq.complete_deferred(")
+
+        async def succeeded() -> bool:
+            return (await direct.get(execution.id)).status is Status.SUCCEEDED
+
+        cutter = asyncio.create_task(cut_once_committed(muted, succeeded))
+        done = await asyncio.wait_for(qm.complete(execution.id, result={"ok": 1}), DEADLINE)
+        await cutter
+        assert (done.id, done.status, done.result) == (execution.id, Status.SUCCEEDED, {"ok": 1})
+
+
+async def test_complete_many_whose_reply_was_lost_returns_the_completions(dsn: str) -> None:
+    async with (
+        QueueManager.connect(dsn, name="direct") as direct,
+        proxied(dsn) as (proxy, via),
+        QueueManager.connect(via, name="completer") as qm,
+    ):
+        first, second = await direct.enqueue_many("amb.many_complete", [1, 2])
+        muted = proxy.mute_when_sent(b"fifoq.complete_many_deferred(")
+
+        async def finished() -> bool:
+            return (await direct.get(second.id)).status is Status.FAILED
+
+        cutter = asyncio.create_task(cut_once_committed(muted, finished))
+        done = await asyncio.wait_for(
+            qm.complete_many([Outcome(first.id, result=1), Outcome(second.id, error="no")]),
+            DEADLINE,
+        )
+        await cutter
+        assert [(e.id, e.status) for e in done] == [
+            (first.id, Status.SUCCEEDED),
+            (second.id, Status.FAILED),
+        ]
+
+
+async def test_complete_of_someone_elses_outcome_after_a_lost_reply_is_refused(dsn: str) -> None:
+    """The reconciliation returns only the outcome asked for, not any finished one."""
+    from fifoq import InvalidTransition
+
+    async with (
+        QueueManager.connect(dsn, name="direct") as direct,
+        proxied(dsn) as (proxy, via),
+        QueueManager.connect(via, name="completer") as qm,
+    ):
+        execution = await direct.enqueue("amb.other")
+        # A statement that never reaches the server's complete: the muted
+        # call is a cancel by someone else, then our complete asks for success.
+        await direct.complete(execution.id, error="theirs")
+        muted = proxy.mute_when_sent(b"fifoq.complete_deferred(")
+
+        async def sent() -> bool:
+            return muted.done()
+
+        cutter = asyncio.create_task(cut_once_committed(muted, sent))
+        try:
+            await asyncio.wait_for(qm.complete(execution.id, result="mine"), DEADLINE)
+        except InvalidTransition:
+            pass
+        else:
+            raise AssertionError("a completion by someone else was reported as ours")
+        await cutter
+
+
+# -- 1. worker claims ------------------------------------------------------
+
+app = App("ambiguous")
+
+
+@app.action("amb.work", max_concurrent=2)
+async def work(payload: Any) -> Any:
+    return payload
+
+
+@app.action("amb.chain", max_concurrent=1)
+async def chain(payload: Any) -> Any:
+    return payload
+
+
+@asynccontextmanager
+async def running_worker(via: str, **kwargs: Any) -> AsyncIterator[Worker]:
+    worker = Worker(app, via, claim_interval=0.2, **kwargs)
+    task = asyncio.create_task(worker.run())
+    try:
+        await worker.wait_ready()
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def test_worker_claim_whose_reply_was_lost_runs_what_it_took(dsn: str) -> None:
+    async with (
+        QueueManager.connect(dsn, name="producer") as producer,
+        proxied(dsn) as (proxy, via),
+    ):
+        await producer.set_policy("amb.work", max_concurrent=2)
+        executions = await producer.enqueue_many("amb.work", [1, 2])
+        muted = proxy.mute_when_sent(b"fifoq.claim_deferred(")
+
+        async def both_owned() -> bool:
+            found = await live(dsn, "amb.work")
+            return all(r[1] == "active" and r[2] is not None for r in found)
+
+        cutter = asyncio.create_task(cut_once_committed(muted, both_owned))
+        async with running_worker(via, concurrency=2, actions=["amb.work"]):
+            await cutter
+
+            async def all_done() -> bool:
+                found = [await producer.get(e.id) for e in executions]
+                return all(e.status is Status.SUCCEEDED for e in found)
+
+            await wait_until(all_done, DEADLINE, message="the claimed executions ran")
+
+
+async def test_worker_completion_whose_reply_was_lost_runs_what_it_claimed(dsn: str) -> None:
+    async with (
+        QueueManager.connect(dsn, name="producer") as producer,
+        proxied(dsn) as (proxy, via),
+    ):
+        await producer.set_policy("amb.chain", max_concurrent=1)
+        # The first completion statement frees the slot and takes the
+        # second execution for the worker in the same transaction.
+        muted = proxy.mute_when_sent(b"fifoq.complete_many_deferred(")
+        first, second = await producer.enqueue_many("amb.chain", [1, 2])
+
+        async def second_taken() -> bool:
+            found = await live(dsn, "amb.chain")
+            return found[1][1] == "active" and found[1][2] is not None
+
+        cutter = asyncio.create_task(cut_once_committed(muted, second_taken))
+        async with running_worker(via, concurrency=1, actions=["amb.chain"], keep_slot_under=60):
+            await cutter
+
+            async def all_done() -> bool:
+                found = [await producer.get(e.id) for e in (first, second)]
+                return all(e.status is Status.SUCCEEDED for e in found)
+
+            await wait_until(all_done, DEADLINE, message="the claimed execution ran")
