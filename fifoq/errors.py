@@ -16,6 +16,7 @@ __all__ = [
     "InvalidInput",
     "InvalidPolicy",
     "InvalidTransition",
+    "OutcomeUnknown",
     "PolicyRejected",
     "QueueFull",
     "QueueTimeout",
@@ -77,6 +78,15 @@ class InvalidTransition(FifoqError):
 
 class ExecutorGone(FifoqError):
     """This executor was reaped (its lease ran out) or closed."""
+
+    __module__ = "fifoq"
+
+
+# Raised only when a connection was lost while a change was in flight and its
+# backend would not end (see fifoq.statements): otherwise fifoq finds out
+# what the change did and answers, or runs it again.
+class OutcomeUnknown(FifoqError):
+    """A change was sent and its connection lost: whether it was made cannot be known."""
 
     __module__ = "fifoq"
 

@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import (
@@ -36,6 +37,7 @@ from .queries import query
 from .statements import (
     Change,
     KeptConnection,
+    Reconcile,
     Statements,
     array_literal,
     being_cancelled,
@@ -64,6 +66,18 @@ StatusCallback = Callable[[Status, datetime | None], None]
 _T = TypeVar("_T")
 
 _counter = itertools.count(1)
+
+
+def _request_tokens() -> Iterable[int]:
+    # Request tokens (sql/0021): a random 62-bit start per process, then
+    # counting, so a token costs next() and never repeats in this process;
+    # two processes' ranges meet with negligible odds. Drawn again in a
+    # forked child, which would otherwise repeat its parent's.
+    return itertools.count(int.from_bytes(os.urandom(8)) >> 2)
+
+
+_tokens = iter(_request_tokens())
+os.register_at_fork(after_in_child=lambda: globals().update(_tokens=iter(_request_tokens())))
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
 # Seconds close() waits in all for statements that do not come back (a
 # database that does not answer): one deadline shared by its steps, so a
@@ -121,6 +135,11 @@ class QueueManager:
         self._cleanups: set[asyncio.Task[None]] = set()
         self._rejoining = asyncio.Lock()  # see _rejoin
         self._closed = True
+        # Claims (claim, complete_and_claim) whose answer was lost after they
+        # may have committed: what they took is active and owned by this
+        # executor, but the caller never heard of it (see adopt).
+        self.claims_in_doubt = 0
+        self._on_claims_in_doubt: list[Callable[[], None]] = []
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -348,7 +367,13 @@ class QueueManager:
         if conn is not None:
             rows = await self._db.rows(query("enqueue_many"), params, conn=conn)
         else:
-            rows = await self._db.rows(query("enqueue_many_deferred"), params, changed=changed_rows)
+            request = next(_tokens)
+            rows = await self._db.rows(
+                query("enqueue_many_deferred"),
+                {**params, "request": request},
+                changed=changed_rows,
+                reconcile=_find_request(request),
+            )
         return [
             dataclasses.replace(Execution.from_row(row), payload=payload)
             for row, payload in zip(rows, values, strict=True)
@@ -401,11 +426,14 @@ class QueueManager:
         """
         execution_id = check_execution_id(execution_id)
         result_json = to_json(result, what="result", limit=self.max_payload_bytes)
-        row = await self._db.change_one(
+        error = check_error_text(error)
+        rows = await self._db.rows(
             query("complete"),
-            {"id": execution_id, "result": result_json, "error": check_error_text(error)},
+            {"id": execution_id, "result": result_json, "error": error},
+            changed=changed_rows,
+            reconcile=_find_completed([execution_id], [result_json], [error]),
         )
-        return Execution.from_row(row)
+        return Execution.from_row(rows[0])
 
     async def complete_many(self, outcomes: Iterable[Outcome]) -> list[Execution]:
         """Finish many active executions in one statement: all of them or none.
@@ -477,6 +505,18 @@ class QueueManager:
             seen.add(execution_id)
         if not items:
             return [], []
+        claiming = claimer is not None and claim_limit > 0
+        find = _find_completed(ids, results, errors)
+
+        async def reconcile(
+            conn: psycopg.AsyncConnection[Any], elapsed: float
+        ) -> list[dict[str, Any]] | None:
+            found = await find(conn, elapsed)
+            if found is not None and claiming:
+                # It committed, and may have taken executions for the claimer.
+                self._claims_lost()
+            return found
+
         rows = await self._db.rows(
             query("complete_many"),
             {
@@ -489,6 +529,7 @@ class QueueManager:
             },
             changed=changed_rows,
             kept=self._kept if claimer is not None else None,
+            reconcile=reconcile,
         )
         executions = [Execution.from_row(row) for row in rows]
         return executions[: len(items)], executions[len(items) :]
@@ -500,12 +541,25 @@ class QueueManager:
         slot goes to the next in line.
         """
         execution_id = check_execution_id(execution_id)
+
+        async def reconcile(
+            conn: psycopg.AsyncConnection[Any], elapsed: float
+        ) -> list[dict[str, Any]] | None:
+            # Cancelled: by the lost attempt (or someone else meanwhile; either
+            # way it is cancelled, as asked). Otherwise cancel it now.
+            cur = await conn.execute(query("status"), {"id": execution_id})
+            found = await cur.fetchone()
+            if found is not None and Status(found[0]) is Status.CANCELLED:
+                return [{"cancelled": True}]
+            return None
+
         rows = await self._db.rows(
             query("cancel"),
             {"id": execution_id},
             changed=lambda rows: (
                 [Change(execution_id, Status.CANCELLED)] if rows[0]["cancelled"] else []
             ),
+            reconcile=reconcile,
         )
         return bool(rows[0]["cancelled"])
 
@@ -551,7 +605,54 @@ class QueueManager:
                 {**params, "executor": executor_id},
                 changed=changed_rows,
                 kept=self._kept,
+                reconcile=self._claim_lost,
             )
+        )
+        return [Execution.from_row(r) for r in rows]
+
+    async def _claim_lost(
+        self, conn: psycopg.AsyncConnection[Any], elapsed: float
+    ) -> list[dict[str, Any]]:
+        # What a lost claim took cannot be told apart from what the caller
+        # already runs (both are active and this executor's), so it is not
+        # returned here, nor claimed again: the caller adopts it (adopt).
+        self._claims_lost()
+        return []
+
+    def _claims_lost(self) -> None:
+        self.claims_in_doubt += 1
+        logger.warning(
+            "executor %s: a claim's answer was lost after it may have committed; "
+            "what it took is to be adopted",
+            self.executor_id,
+        )
+        for callback in list(self._on_claims_in_doubt):
+            callback()
+
+    def on_claims_in_doubt(self, callback: Callable[[], None]) -> None:
+        """Call ``callback()`` whenever :attr:`claims_in_doubt` grows (workers: adopt then)."""
+        self._on_claims_in_doubt.append(callback)
+
+    async def adopt(self, actions: Sequence[str] | None, known: Iterable[int]) -> list[Execution]:
+        """This executor's active executions of ``actions`` (None: any) not in ``known``, by seq.
+
+        Worker use, after :attr:`claims_in_doubt` grew: a claim whose answer
+        was lost (the connection dropped with no SQLSTATE after it committed)
+        made executions this executor's that its caller never heard of. They
+        hold slots until the executor closes unless someone runs them:
+        ``known`` is what the caller runs (and anything else it holds of
+        this executor's), the rest is returned for it to run. Call it with
+        no claim in flight from the same caller: an answer still on its way
+        would list its executions here too.
+        """
+        self._check_executor()
+        rows = await self._db.rows(
+            query("adopt"),
+            {
+                "executor": self.executor_id,
+                "actions": None if actions is None else array_literal(list(actions)),
+                "known": array_literal(list(known)),
+            },
         )
         return [Execution.from_row(r) for r in rows]
 
@@ -774,7 +875,17 @@ class QueueManager:
         if conn is not None:
             row = await self._db.one(query("enqueue"), params, conn=conn)
         else:
-            row = await self._db.change_one(query("enqueue_deferred"), params)
+            # The token finds the execution if the answer is lost (sql/0021):
+            # running the enqueue again would store a second one.
+            request = next(_tokens)
+            params["request"] = request
+            rows = await self._db.rows(
+                query("enqueue_deferred"),
+                params,
+                changed=changed_rows,
+                reconcile=_find_request(request),
+            )
+            row = rows[0]
         return dataclasses.replace(Execution.from_row(row), payload=payload)
 
     async def _wait(self, execution: Execution, timeout: float | None) -> Execution:
@@ -972,3 +1083,47 @@ class QueueManager:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
                 logger.debug("maintenance pass failed: %s", exc)
+
+
+def _find_request(request: int) -> Reconcile:
+    """Reconcile a lost enqueue: the executions stored with its token, or None (not stored)."""
+
+    async def find(
+        conn: psycopg.AsyncConnection[Any], elapsed: float
+    ) -> list[dict[str, Any]] | None:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            # It reads the executions enqueued since the call began.
+            await cur.execute(query("find_request"), {"request": request, "elapsed": elapsed})
+            rows = await cur.fetchall()
+        return rows or None
+
+    return find
+
+
+def _find_completed(
+    ids: list[int], results: list[str | None], errors: list[str | None]
+) -> Reconcile:
+    """Reconcile a lost completion: the executions if all have the outcome asked, else None.
+
+    A batch commits whole or not at all, so all of them finished exactly as
+    asked means it committed (or, as good, someone recorded the same
+    outcomes); otherwise it runs again, and fails as it would have if the
+    executions are no longer active.
+    """
+
+    async def find(
+        conn: psycopg.AsyncConnection[Any], elapsed: float
+    ) -> list[dict[str, Any]] | None:
+        async with conn.cursor(row_factory=dict_row) as cur:
+            await cur.execute(
+                query("find_completed"),
+                {
+                    "ids": array_literal(ids),
+                    "results": array_literal(results),
+                    "errors": array_literal(errors),
+                },
+            )
+            rows = await cur.fetchall()
+        return rows if len(rows) == len(ids) else None
+
+    return find

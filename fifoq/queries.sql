@@ -17,7 +17,7 @@ FROM fifoq.enqueue(%(action)s, %(payload)s::jsonb, %(group)s, %(owner)s);
 -- name: enqueue_deferred
 SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.enqueue_deferred(%(action)s, %(payload)s::jsonb, %(group)s, %(owner)s);
+FROM fifoq.enqueue_deferred(%(action)s, %(payload)s::jsonb, %(group)s, %(owner)s, %(request)s);
 
 -- name: enqueue_many
 -- Many enqueues of one action in one statement, in the caller's transaction.
@@ -29,7 +29,8 @@ FROM fifoq.enqueue_many(%(action)s, %(payloads)s::jsonb[], %(group)s, %(owner)s)
 -- name: enqueue_many_deferred
 SELECT id, action, "group", seq, status, NULL::jsonb AS payload, result, error,
        enqueued_at, started_at, finished_at, owner
-FROM fifoq.enqueue_many_deferred(%(action)s, %(payloads)s::jsonb[], %(group)s, %(owner)s);
+FROM fifoq.enqueue_many_deferred(%(action)s, %(payloads)s::jsonb[], %(group)s, %(owner)s,
+                                  %(request)s);
 
 -- name: flush
 -- After a *_deferred statement, on the same connection: returns once that
@@ -173,3 +174,66 @@ SELECT status, owner FROM fifoq.executions WHERE id = %(id)s;
 -- name: purge
 -- One batch of retention (oldest finished executions first); see fifoq.purge.
 SELECT fifoq.purge(%(older_than)s, %(limit)s) AS purged;
+
+-- The queries below run only after a connection was lost with no SQLSTATE
+-- while a state change was in flight (see fifoq/statements.py): the change
+-- may have committed although its answer never came.
+
+-- name: end_backend
+-- The lost connection's backend, if it is still running the statement (the
+-- server may not have noticed the drop): ended, waiting up to 5 s for it to
+-- exit, so that the statement either committed or never will. Only a
+-- backend that started before the call began (not a later one that reuses
+-- the pid) and is not idle (idle: its statement is over). No row: nothing
+-- to end. ended false: it did not exit in time.
+SELECT pg_terminate_backend(pid, 5000) AS ended
+FROM pg_stat_activity
+WHERE pid = %(pid)s
+  AND state IS DISTINCT FROM 'idle'
+  AND backend_start < clock_timestamp() - make_interval(secs => %(elapsed)s);
+
+-- name: find_request
+-- The executions a lost enqueue call stored, by its request token (sql/0021):
+-- none if it did not commit. The token is not indexed; the primary key
+-- range starts at the last execution enqueued a second before the call
+-- began (ids and enqueued_at grow together, give or take microseconds), so
+-- only the executions created since are read. Payloads are left out, as in
+-- enqueue_deferred.
+SELECT d.id, d.action, d."group", d.seq, d.status, NULL::jsonb AS payload, d.result, d.error,
+       d.enqueued_at, d.started_at, d.finished_at, d.owner
+FROM fifoq.execution_details d
+WHERE d.id IN (
+    SELECT e.id FROM fifoq.executions e
+    WHERE e.request = %(request)s
+      AND e.id > coalesce((SELECT b.id FROM fifoq.executions b
+                           WHERE b.enqueued_at < clock_timestamp()
+                                                 - make_interval(secs => %(elapsed)s + 1)
+                           ORDER BY b.id DESC
+                           LIMIT 1), 0))
+ORDER BY d.id;
+
+-- name: find_completed
+-- Which of a lost completion's executions are finished with exactly the
+-- outcome it asked for (status, result and error): all of them means it
+-- committed (a batch is all or nothing). Rows in input order.
+SELECT d.id, d.action, d."group", d.seq, d.status, d.payload, d.result, d.error,
+       d.enqueued_at, d.started_at, d.finished_at, d.owner
+FROM unnest(%(ids)s::bigint[], %(results)s::jsonb[], %(errors)s::text[])
+         WITH ORDINALITY AS i(id, result, error, n)
+JOIN fifoq.execution_details d ON d.id = i.id
+WHERE d.status = CASE WHEN i.error IS NULL THEN 'succeeded' ELSE 'failed' END::fifoq.execution_status
+  AND d.result IS NOT DISTINCT FROM i.result
+  AND d.error IS NOT DISTINCT FROM i.error
+ORDER BY i.n;
+
+-- name: adopt
+-- A worker's executions it does not know of: active, owned by its executor,
+-- of its actions (NULL: any), not among those it runs. A claim whose answer
+-- was lost leaves these (executions_owned holds every live owned one).
+SELECT id, action, "group", seq, status, payload, result, error,
+       enqueued_at, started_at, finished_at, owner
+FROM fifoq.execution_details
+WHERE owner = %(executor)s AND status = 'active'
+  AND (%(actions)s::text[] IS NULL OR action = ANY (%(actions)s::text[]))
+  AND NOT id = ANY (%(known)s::bigint[])
+ORDER BY seq;

@@ -9,7 +9,13 @@ protocol, and what to do when the connection dies in the middle of it:
 
 - lost before the statement committed: run it again on another connection;
 - lost after it committed but before the flush: never run it again; flush
-  from another connection and check that the change survived.
+  from another connection and check that the change survived;
+- lost with no SQLSTATE while the statement was in flight (a network drop,
+  a reset from a proxy, a server gone): it may have committed, its answer
+  lost. The backend is ended if it still runs the statement, so that the
+  outcome is settled, and the caller's ``reconcile`` looks in the database
+  for what the statement did (see :meth:`Statements.rows`) before anything
+  runs again.
 """
 
 from __future__ import annotations
@@ -26,7 +32,7 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
-from .errors import FifoqError, wrap_database_errors
+from .errors import FifoqError, OutcomeUnknown, wrap_database_errors
 from .models import Status
 from .queries import query
 
@@ -34,6 +40,7 @@ __all__ = [
     "Change",
     "Changed",
     "KeptConnection",
+    "Reconcile",
     "Statements",
     "array_literal",
     "being_cancelled",
@@ -87,6 +94,13 @@ class Change:
 # Maps a deferred statement's rows to the executions it changed (none:
 # nothing to flush, e.g. a claim that found no work).
 Changed = Callable[[list[dict[str, Any]]], list[Change]]
+
+# After a connection was lost with no SQLSTATE while a state change was in
+# flight: given a fresh connection (autocommit; the lost backend ended, and
+# everything committed so far flushed) and the seconds since the call began,
+# the rows the lost attempt returned if it committed, or None if it did not
+# (it is then run again).
+Reconcile = Callable[[psycopg.AsyncConnection[Any], float], Awaitable[list[dict[str, Any]] | None]]
 
 # How far along its life a status is.
 _PROGRESS = {
@@ -245,6 +259,7 @@ class Statements:
         conn: psycopg.AsyncConnection[Any] | None = None,
         changed: Changed | None = None,
         kept: KeptConnection | None = None,
+        reconcile: Reconcile | None = None,
     ) -> list[dict[str, Any]]:
         """Run one statement and return its rows.
 
@@ -258,19 +273,35 @@ class Statements:
         checked if the flush has to be redone elsewhere. With ``kept`` the
         first attempt runs on that connection when it is free (see
         :class:`KeptConnection`); retries use the pool.
+
+        A connection lost with a SQLSTATE that says the session ended
+        (57P01-57P03) ended before the statement committed: it runs again. One
+        lost with none (a network drop or reset, a backend killed) is
+        ambiguous for a ``changed`` statement: the server may have committed
+        it and the answer been lost. Then, on another connection, the lost
+        backend is ended if it still runs the statement (OutcomeUnknown if it
+        does not exit), everything committed so far is flushed, and
+        ``reconcile`` tells what the lost attempt did: its rows are returned
+        as the answer, or (None) the statement runs again. Without
+        ``reconcile`` it runs again (the statements that are the same when
+        repeated). Reads and other statements are simply run again.
         """
         with wrap_database_errors():
             if conn is not None:
                 async with _savepoint(conn), conn.cursor(row_factory=dict_row) as cur:
                     await cur.execute(sql_text, params)
                     return await cur.fetchall()
-            give_up_at = time.monotonic() + LOST_CONNECTION_RETRY_SECONDS
+            started = time.monotonic()
+            give_up_at = started + LOST_CONNECTION_RETRY_SECONDS
             while True:
                 pooled: psycopg.AsyncConnection[Any] | None = None
                 flush_error: psycopg.Error | None = None
+                backend = 0
                 try:
                     async with _connection(self._pool, kept) as pooled:
                         kept = None  # a retry uses the pool
+                        # Read now: a broken connection no longer knows it.
+                        backend = pooled.pgconn.backend_pid
                         async with pooled.cursor(row_factory=dict_row) as cur:
                             await cur.execute(sql_text, params)
                             rows = await cur.fetchall()
@@ -294,7 +325,18 @@ class Statements:
                     )
                     if time.monotonic() >= give_up_at or not lost or being_cancelled():
                         raise
-                    logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
+                    if changed is not None and exc.sqlstate not in _CONNECTION_ENDED:
+                        # No SQLSTATE: the change may have committed (see above).
+                        logger.info(
+                            "connection lost with no SQLSTATE while a change was in flight "
+                            "(%s); settling its outcome",
+                            exc,
+                        )
+                        found = await self._settle(backend, started, reconcile, exc)
+                        if found is not None:
+                            return found
+                    else:
+                        logger.info("pooled connection was lost (%s); retrying", type(exc).__name__)
                     continue
                 # The statement committed but the flush after it failed: never
                 # run the statement again. If the connection was lost, make the
@@ -306,6 +348,47 @@ class Statements:
                 await self._confirm_durable(changes, flush_error)
                 return rows
         raise AssertionError("unreachable")
+
+    async def _settle(
+        self,
+        backend: int,
+        started: float,
+        reconcile: Reconcile | None,
+        cause: psycopg.OperationalError,
+    ) -> list[dict[str, Any]] | None:
+        """After an ambiguous loss: end the lost backend, then ask ``reconcile`` (see :meth:`rows`).
+
+        The backend may not have noticed the drop and still run the statement
+        (waiting for a queue lock, say): it would commit after any look.
+        Ending it (``pg_terminate_backend``, allowed on one's own role's
+        backends) settles that: it either committed already or never will.
+        The flush then makes a commit it made durable (it committed without
+        waiting for the disk), so that what ``reconcile`` finds is what
+        survives; a commit lost in a crash is not found, and runs again.
+        """
+        give_up_at = time.monotonic() + LOST_CONNECTION_RETRY_SECONDS
+        while True:
+            try:
+                async with self._pool.connection() as conn, _autocommit(conn):
+                    if backend:
+                        cur = await conn.execute(
+                            query("end_backend"),
+                            {"pid": backend, "elapsed": time.monotonic() - started},
+                        )
+                        row = await cur.fetchone()
+                        if row is not None and not row[0]:
+                            raise OutcomeUnknown(
+                                f"the connection was lost while a change was in flight and its "
+                                f"backend {backend} did not end within 5 s: whether the change "
+                                f"was made is unknown ({cause})"
+                            ) from cause
+                    if reconcile is None:
+                        return None
+                    await conn.execute(query("flush"))
+                    return await reconcile(conn, time.monotonic() - started)
+            except psycopg.OperationalError:
+                if time.monotonic() >= give_up_at or being_cancelled():
+                    raise
 
     async def _confirm_durable(self, changes: list[Change], cause: psycopg.Error) -> None:
         """Flush from another connection and check the changes survived.

@@ -418,7 +418,8 @@ CREATE TABLE fifoq.executions (
     status fifoq.execution_status DEFAULT 'queued'::fifoq.execution_status NOT NULL,
     payload jsonb,
     result jsonb,
-    error text
+    error text,
+    request bigint DEFAULT (NULLIF(current_setting('fifoq.request'::text, true), ''::text))::bigint
 );
 
 
@@ -448,6 +449,13 @@ COMMENT ON COLUMN fifoq.executions.owner IS 'fifoq.executors.id of the executor 
 --
 
 COMMENT ON COLUMN fifoq.executions.deadline IS 'When a queued execution times out (policy queue_timeout); cleared once it leaves the queue.';
+
+
+--
+-- Name: COLUMN executions.request; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.request IS 'Token of the client call that enqueued it (deferred enqueues only), to find it after a lost reply.';
 
 
 --
@@ -1161,24 +1169,26 @@ COMMENT ON FUNCTION fifoq.enqueue(p_action text, p_payload jsonb, p_group text, 
 
 
 --
--- Name: enqueue_deferred(text, jsonb, text, bigint); Type: FUNCTION; Schema: fifoq; Owner: -
+-- Name: enqueue_deferred(text, jsonb, text, bigint, bigint); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
-CREATE FUNCTION fifoq.enqueue_deferred(p_action text, p_payload jsonb DEFAULT NULL::jsonb, p_group text DEFAULT NULL::text, p_owner bigint DEFAULT NULL::bigint) RETURNS fifoq.execution_details
+CREATE FUNCTION fifoq.enqueue_deferred(p_action text, p_payload jsonb DEFAULT NULL::jsonb, p_group text DEFAULT NULL::text, p_owner bigint DEFAULT NULL::bigint, p_request bigint DEFAULT NULL::bigint) RETURNS fifoq.execution_details
     LANGUAGE plpgsql
     AS $$
 BEGIN
     PERFORM fifoq.defer_flush();
+    -- Transaction-local: read by the column default of the row inserted below.
+    PERFORM set_config('fifoq.request', coalesce(p_request::text, ''), true);
     RETURN fifoq.enqueue(p_action, p_payload, p_group, p_owner);
 END
 $$;
 
 
 --
--- Name: FUNCTION enqueue_deferred(p_action text, p_payload jsonb, p_group text, p_owner bigint); Type: COMMENT; Schema: fifoq; Owner: -
+-- Name: FUNCTION enqueue_deferred(p_action text, p_payload jsonb, p_group text, p_owner bigint, p_request bigint); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.enqueue_deferred(p_action text, p_payload jsonb, p_group text, p_owner bigint) IS 'fifoq.enqueue committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+COMMENT ON FUNCTION fifoq.enqueue_deferred(p_action text, p_payload jsonb, p_group text, p_owner bigint, p_request bigint) IS 'fifoq.enqueue committed without waiting for the disk, the execution tagged with the client''s request token; follow with CALL fifoq.flush_and_notify().';
 
 
 --
@@ -1362,24 +1372,25 @@ COMMENT ON FUNCTION fifoq.enqueue_many(p_action text, p_payloads jsonb[], p_grou
 
 
 --
--- Name: enqueue_many_deferred(text, jsonb[], text, bigint); Type: FUNCTION; Schema: fifoq; Owner: -
+-- Name: enqueue_many_deferred(text, jsonb[], text, bigint, bigint); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
-CREATE FUNCTION fifoq.enqueue_many_deferred(p_action text, p_payloads jsonb[], p_group text DEFAULT NULL::text, p_owner bigint DEFAULT NULL::bigint) RETURNS SETOF fifoq.execution_details
+CREATE FUNCTION fifoq.enqueue_many_deferred(p_action text, p_payloads jsonb[], p_group text DEFAULT NULL::text, p_owner bigint DEFAULT NULL::bigint, p_request bigint DEFAULT NULL::bigint) RETURNS SETOF fifoq.execution_details
     LANGUAGE plpgsql
     AS $$
 BEGIN
     PERFORM fifoq.defer_flush();
+    PERFORM set_config('fifoq.request', coalesce(p_request::text, ''), true);
     RETURN QUERY SELECT * FROM fifoq.enqueue_many(p_action, p_payloads, p_group, p_owner);
 END
 $$;
 
 
 --
--- Name: FUNCTION enqueue_many_deferred(p_action text, p_payloads jsonb[], p_group text, p_owner bigint); Type: COMMENT; Schema: fifoq; Owner: -
+-- Name: FUNCTION enqueue_many_deferred(p_action text, p_payloads jsonb[], p_group text, p_owner bigint, p_request bigint); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.enqueue_many_deferred(p_action text, p_payloads jsonb[], p_group text, p_owner bigint) IS 'fifoq.enqueue_many committed without waiting for the disk; follow with CALL fifoq.flush_and_notify().';
+COMMENT ON FUNCTION fifoq.enqueue_many_deferred(p_action text, p_payloads jsonb[], p_group text, p_owner bigint, p_request bigint) IS 'fifoq.enqueue_many committed without waiting for the disk, every execution tagged with the client''s request token; follow with CALL fifoq.flush_and_notify().';
 
 
 --

@@ -51,8 +51,7 @@ async def cut_once_committed(muted: asyncio.Future[Pipe], committed: Any) -> Non
 async def live(dsn: str, action: str) -> list[tuple[Any, ...]]:
     return await rows(
         dsn,
-        "SELECT id, status::text, owner FROM fifoq.execution_details"
-        " WHERE action = %s ORDER BY id",
+        "SELECT id, status::text, owner FROM fifoq.execution_details WHERE action = %s ORDER BY id",
         (action,),
     )
 
@@ -88,6 +87,51 @@ async def test_bare_enqueue_many_whose_reply_was_lost_is_stored_once(dsn: str) -
         stored = await live(dsn, "amb.many")
         assert [r[0] for r in stored] == [e.id for e in executions], stored
         assert [e.payload for e in executions] == [1, 2, 3]
+
+
+async def test_lost_enqueue_still_waiting_on_the_server_is_ended_not_doubled(dsn: str) -> None:
+    """The server did not notice the drop: the statement waits for a queue lock there.
+
+    Looked for at once it is not found; run again, both would commit once
+    the lock is free. The lost backend is ended first, so only the retry does.
+    """
+    waiting_sql = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%%enqueue_deferred(%%' AND pid <> pg_backend_pid()"
+    )
+    async with (
+        proxied(dsn) as (proxy, via),
+        QueueManager.connect(via, name="producer") as qm,
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin,
+    ):
+        first = await qm.enqueue("amb.locked")
+        cur = await admin.execute(
+            "SELECT queue_id FROM fifoq.executions WHERE id = %s", (first.id,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        async with admin.transaction():
+            await admin.execute("SELECT fifoq.lock_queue(%s)", (row[0],))
+            muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
+
+            seen: list[int] = []
+
+            async def waiting() -> list[int]:
+                pids = [r[0] for r in await rows(dsn, waiting_sql)]
+                seen.extend(pids)
+                return pids
+
+            lost = asyncio.create_task(cut_once_committed(muted, waiting))
+            call = asyncio.create_task(qm.enqueue("amb.locked", {"n": 2}))
+            await lost
+            old = seen[0]
+
+            async def retry_waiting() -> bool:
+                return (await waiting()) not in ([], [old])
+
+            await wait_until(retry_waiting, DEADLINE, message="the retry waits for the lock")
+        second = await asyncio.wait_for(call, DEADLINE)
+        assert [r[0] for r in await live(dsn, "amb.locked")] == [first.id, second.id]
 
 
 # -- 3. owned enqueue (enqueue_and_wait) -------------------------------------
@@ -186,6 +230,23 @@ async def test_complete_of_someone_elses_outcome_after_a_lost_reply_is_refused(d
             pass
         else:
             raise AssertionError("a completion by someone else was reported as ours")
+        await cutter
+
+
+async def test_cancel_whose_reply_was_lost_says_it_cancelled(dsn: str) -> None:
+    async with (
+        QueueManager.connect(dsn, name="direct") as direct,
+        proxied(dsn) as (proxy, via),
+        QueueManager.connect(via, name="canceller") as qm,
+    ):
+        execution = await direct.enqueue("amb.cancel")
+        muted = proxy.mute_when_sent(b"fifoq.cancel_deferred(")
+
+        async def cancelled() -> bool:
+            return (await direct.get(execution.id)).status is Status.CANCELLED
+
+        cutter = asyncio.create_task(cut_once_committed(muted, cancelled))
+        assert await asyncio.wait_for(qm.cancel(execution.id), DEADLINE) is True
         await cutter
 
 
