@@ -360,6 +360,11 @@ class Worker:
                 self._wake.set()
 
         qm.listen_for_work(on_work)
+        # A claim or completion whose answer was lost after it committed
+        # leaves executions this executor took that the worker never heard
+        # of; they would hold their slots until it exits (see adopt).
+        qm.on_claims_in_doubt(self._wake.set)
+        adopted = qm.claims_in_doubt
         logger.info(
             "worker ready: executor %s on %s, actions %s, concurrency %d",
             qm.executor_id,
@@ -371,6 +376,25 @@ class Worker:
         failures = 0
         backoff = 0.0
         while not self._stopping:
+            if qm.claims_in_doubt != adopted:
+                # No claim of this loop is in flight now; one of the
+                # completions' may be, and hand over what adopt also
+                # returns: _start skips what already runs.
+                adopted = qm.claims_in_doubt
+                try:
+                    orphans = await qm.adopt(self.actions, self._running)
+                except (psycopg.Error, FifoqError, OSError) as exc:
+                    adopted -= 1  # again on the next turn
+                    logger.warning("adopting failed (%s); retrying", describe_error(exc))
+                    await asyncio.sleep(0.1)
+                    continue
+                if orphans:
+                    logger.warning(
+                        "adopting %d execution(s) a claim took whose answer was lost: %s",
+                        len(orphans),
+                        ", ".join(str(e.id) for e in orphans),
+                    )
+                    self._start_all(qm, orphans)
             free = self.concurrency - len(self._running)
             claimed: list[Execution] = []
             if free > 0:
@@ -460,6 +484,8 @@ class Worker:
             self._start(qm, execution)
 
     def _start(self, qm: QueueManager, execution: Execution) -> None:
+        if execution.id in self._running:
+            return  # adopted already (an answer that arrived after adopt listed it)
         running = _Running(execution, self.app[execution.action])
         # Tasks start in creation order, so handlers start in claim (seq) order.
         task = asyncio.create_task(self._execute(running), name=f"fifoq-exec-{execution.id}")
