@@ -15,6 +15,7 @@ __all__ = [
     "FifoqError",
     "InvalidInput",
     "InvalidPolicy",
+    "InvalidPolicyName",
     "InvalidTransition",
     "OutcomeUnknown",
     "PolicyRejected",
@@ -99,6 +100,14 @@ class InvalidPolicy(FifoqError, ValueError):
 
 class InvalidInput(FifoqError, ValueError):
     """An action name, group name, payload or result is not acceptable."""
+
+    __module__ = "fifoq"
+
+
+# Caught as either: ``except InvalidPolicy`` (everything set_policy refuses)
+# and ``except InvalidInput`` (every bad action name, SPEC §4) both see it.
+class InvalidPolicyName(InvalidPolicy, InvalidInput):
+    """A policy's action name is not acceptable: a bad policy value, and bad input."""
 
     __module__ = "fifoq"
 

@@ -7,6 +7,7 @@ import contextlib
 import dataclasses
 import inspect
 import itertools
+import json
 import logging
 import math
 import os
@@ -349,16 +350,13 @@ class QueueManager:
         check_action(action)
         values = as_list(payloads, what="payloads", item="payloads")
         check_batch_size(len(values), what="payloads")
+        texts = [
+            to_json(p, what=f"payload {i} for action {action!r}", limit=self.max_payload_bytes)
+            for i, p in enumerate(values)
+        ]
         params = {
             "action": action,
-            "payloads": array_literal(
-                [
-                    to_json(
-                        p, what=f"payload {i} for action {action!r}", limit=self.max_payload_bytes
-                    )
-                    for i, p in enumerate(values)
-                ]
-            ),
+            "payloads": array_literal(texts),
             "group": check_group(group),
             "owner": None,
         }
@@ -375,8 +373,8 @@ class QueueManager:
                 reconcile=_find_request(request),
             )
         return [
-            dataclasses.replace(Execution.from_row(row), payload=payload)
-            for row, payload in zip(rows, values, strict=True)
+            dataclasses.replace(Execution.from_row(row), payload=_stored(text))
+            for row, text in zip(rows, texts, strict=True)
         ]
 
     async def enqueue_and_wait(
@@ -862,11 +860,12 @@ class QueueManager:
         conn: psycopg.AsyncConnection[Any] | None = None,
     ) -> Execution:
         check_action(action)
+        payload_json = to_json(
+            payload, what=f"payload for action {action!r}", limit=self.max_payload_bytes
+        )
         params = {
             "action": action,
-            "payload": to_json(
-                payload, what=f"payload for action {action!r}", limit=self.max_payload_bytes
-            ),
+            "payload": payload_json,
             "group": check_group(group),
             "owner": owner,
         }
@@ -886,7 +885,7 @@ class QueueManager:
                 reconcile=_find_request(request),
             )
             row = rows[0]
-        return dataclasses.replace(Execution.from_row(row), payload=payload)
+        return dataclasses.replace(Execution.from_row(row), payload=_stored(payload_json))
 
     async def _wait(self, execution: Execution, timeout: float | None) -> Execution:
         status = execution.status
@@ -1083,6 +1082,16 @@ class QueueManager:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
                 logger.debug("maintenance pass failed: %s", exc)
+
+
+def _stored(payload_json: str | None) -> Any:
+    """The payload as the database holds it and ``get`` returns it, from the JSON text sent.
+
+    The statements do not send payloads back; returning the caller's object
+    instead would differ from ``get`` (a tuple for a list, int keys for
+    text keys) and change when the caller mutates it later.
+    """
+    return None if payload_json is None else json.loads(payload_json)
 
 
 def _find_request(request: int) -> Reconcile:

@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterable
 from typing import Any
 
-from .errors import InvalidInput, InvalidPolicy, UnknownExecution
+from .errors import InvalidInput, InvalidPolicy, InvalidPolicyName, UnknownExecution
 
 __all__ = [
     "DEFAULT_MAX_PAYLOAD_BYTES",
@@ -201,7 +201,7 @@ def check_policy(
     """Validate policy values; raise InvalidPolicy naming the first bad one."""
     problem = _name_problem(action)
     if problem:
-        raise InvalidPolicy(f"invalid policy: action name {action!r} {problem}")
+        raise InvalidPolicyName(f"invalid policy: action name {action!r} {problem}")
     name: str = action  # type: ignore[assignment]
     limit = _check_int(name, "max_concurrent", max_concurrent, 1)
     length = _check_int(name, "max_queue_length", max_queue_length, 0)

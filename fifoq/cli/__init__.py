@@ -9,9 +9,8 @@ from typing import Annotated, Any
 import typer
 
 from .. import __version__
-from ..dsn import DSN_ENV
 from . import demo, executions, line, migrate, policy, purge, stats, worker
-from ._common import DEBUG_ENV
+from ._common import DEBUG_ENV, pass_on
 from .bench import bench
 
 __all__ = ["app", "main"]
@@ -58,13 +57,7 @@ def _root(
     ] = False,
 ) -> None:
     """FIFO execution queues with per-action concurrency limits, kept in PostgreSQL."""
-    # Every command reads $FIFOQ_DSN and $FIFOQ_DEBUG when it gets no --dsn or
-    # --debug of its own, and typer parses the command's options after this
-    # callback has run.
-    if dsn is not None:
-        os.environ[DSN_ENV] = dsn
-    if debug:
-        os.environ[DEBUG_ENV] = "1"
+    pass_on(dsn, debug)
 
 
 migrate.register(app)

@@ -55,6 +55,19 @@ DebugOption = Annotated[
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON instead of text.")]
 
 
+def pass_on(dsn: str | None, debug: bool) -> None:
+    """Hand ``--dsn``/``--debug`` given before a command (``fifoq --dsn URI stats``) on to it.
+
+    For the callbacks of ``fifoq`` and of its command groups: typer parses a
+    command's own options after those callbacks have run, and every command
+    reads $FIFOQ_DSN and $FIFOQ_DEBUG when it gets no option of its own.
+    """
+    if dsn is not None:
+        os.environ[DSN_ENV] = dsn
+    if debug:
+        os.environ[DEBUG_ENV] = "1"
+
+
 def fail(message: str, code: int = 1) -> NoReturn:
     """Print ``fifoq: error: <message>`` as one line on stderr and exit with ``code``."""
     one_line = re.sub(r"\s+", " ", message).strip()

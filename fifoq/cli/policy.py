@@ -21,6 +21,7 @@ from ._common import (
     errors_handled,
     fail,
     parse_seconds,
+    pass_on,
     print_json,
     run,
     terminal_safe,
@@ -34,6 +35,13 @@ policy_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+@policy_app.callback()
+def _policy_group(dsn: DsnOption = None, debug: DebugOption = False) -> None:
+    """Set and show concurrency policies (per action, per pack 'pack.*', default '*')."""
+    # --dsn and --debug are also accepted here: fifoq policy --dsn URI list.
+    pass_on(dsn, debug)
 
 
 class OnLimit(enum.StrEnum):

@@ -288,6 +288,12 @@ def test_dsn_is_also_accepted_before_the_command(dsn: str) -> None:
     assert json.loads(after.stdout)["action"] == "cli.where"
     nowhere = run_cli("--dsn", NO_SERVER, "stats")
     assert nowhere.returncode == 1 and "port 1" in nowhere.stderr
+    # Also after a command group, before its command.
+    grouped = run_cli("policy", "--dsn", dsn, "set", "cli.where", "--max-concurrent", "3")
+    assert grouped.returncode == 0, grouped.stderr
+    listed = run_cli("policy", "--dsn", dsn, "list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert [p["max_concurrent"] for p in json.loads(listed.stdout)] == [3]
 
 
 def test_enqueue_payloads_from_a_file_or_stdin_in_line_order(dsn: str, tmp_path: Path) -> None:

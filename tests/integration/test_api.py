@@ -35,6 +35,23 @@ async def test_an_execution_carries_its_fields_through_its_life(qm: QueueManager
     assert await qm.get(ex.id) == done
 
 
+async def test_enqueue_returns_the_payload_as_stored_not_the_callers_object(
+    qm: QueueManager,
+) -> None:
+    # JSON has no tuples and no integer keys: what get() reads back differs
+    # from what the caller passed, and enqueue's answer must be get()'s.
+    payload = {1: ("a", "b"), "nested": {"k": [1, 2]}}
+    ex = await qm.enqueue("api.stored", payload)
+    waited = await qm.enqueue_and_wait("api.stored", payload)
+    many = await qm.enqueue_many("api.stored", [payload, (3, 4)])
+    payload["nested"]["k"].append(3)  # a later change of the caller's object changes nothing
+    expected = {"1": ["a", "b"], "nested": {"k": [1, 2]}}
+    for execution in (ex, waited, many[0]):
+        assert execution.payload == expected
+        assert execution.payload == (await qm.get(execution.id)).payload
+    assert many[1].payload == [3, 4] == (await qm.get(many[1].id)).payload
+
+
 async def test_an_error_makes_it_failed(qm: QueueManager) -> None:
     ex = await qm.enqueue("api.fail")
     failed = await qm.complete(ex.id, error="boom: it broke")
