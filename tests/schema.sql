@@ -431,6 +431,13 @@ COMMENT ON TABLE fifoq.executions IS 'One row per request to run an action. Colu
 
 
 --
+-- Name: COLUMN executions.id; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.id IS 'Execution id (what fifoq.enqueue returns and the other calls take).';
+
+
+--
 -- Name: COLUMN executions.seq; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
@@ -445,10 +452,66 @@ COMMENT ON COLUMN fifoq.executions.owner IS 'fifoq.executors.id of the executor 
 
 
 --
+-- Name: COLUMN executions.enqueued_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.enqueued_at IS 'When it was enqueued (clock_timestamp() at the enqueue).';
+
+
+--
 -- Name: COLUMN executions.deadline; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
 COMMENT ON COLUMN fifoq.executions.deadline IS 'When a queued execution times out (policy queue_timeout); cleared once it leaves the queue.';
+
+
+--
+-- Name: COLUMN executions.started_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.started_at IS 'When it became active (took a slot); NULL if it never started.';
+
+
+--
+-- Name: COLUMN executions.finished_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.finished_at IS 'When it reached its terminal status; NULL while queued or active.';
+
+
+--
+-- Name: COLUMN executions.queue_id; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.queue_id IS 'Its queue: fifoq.queues.id, one per (action, group).';
+
+
+--
+-- Name: COLUMN executions.status; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.status IS 'queued -> active -> succeeded | failed; queued -> cancelled | timed_out | abandoned; active -> cancelled | abandoned. Terminal statuses never change.';
+
+
+--
+-- Name: COLUMN executions.payload; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.payload IS 'JSON given at enqueue; NULL for none.';
+
+
+--
+-- Name: COLUMN executions.result; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.result IS 'JSON given when it was completed; NULL for none.';
+
+
+--
+-- Name: COLUMN executions.error; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executions.error IS 'Error text given when it was completed: set exactly when it failed.';
 
 
 --
@@ -491,6 +554,20 @@ COMMENT ON TABLE fifoq.queues IS 'One row per (action, group): the arbiter of th
 
 
 --
+-- Name: COLUMN queues.id; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.id IS 'Queue id (fifoq.executions.queue_id); also the key of its advisory lock.';
+
+
+--
+-- Name: COLUMN queues.action; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.action IS 'Action of this queue.';
+
+
+--
 -- Name: COLUMN queues.group_key; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
@@ -516,6 +593,55 @@ COMMENT ON COLUMN fifoq.queues.queued_count IS 'Executions waiting (status queue
 --
 
 COMMENT ON COLUMN fifoq.queues.active_count IS 'Executions holding a slot (status active).';
+
+
+--
+-- Name: COLUMN queues.total_enqueued; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.total_enqueued IS 'Executions ever enqueued into this queue.';
+
+
+--
+-- Name: COLUMN queues.total_succeeded; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.total_succeeded IS 'Executions that ended succeeded.';
+
+
+--
+-- Name: COLUMN queues.total_failed; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.total_failed IS 'Executions that ended failed.';
+
+
+--
+-- Name: COLUMN queues.total_cancelled; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.total_cancelled IS 'Executions that ended cancelled.';
+
+
+--
+-- Name: COLUMN queues.total_timed_out; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.total_timed_out IS 'Executions that ended timed_out (waited past the policy''s queue_timeout).';
+
+
+--
+-- Name: COLUMN queues.total_abandoned; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.total_abandoned IS 'Executions that ended abandoned (their executor died or closed).';
+
+
+--
+-- Name: COLUMN queues.created_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queues.created_at IS 'When its first execution was enqueued.';
 
 
 --
@@ -553,6 +679,104 @@ CREATE VIEW fifoq.execution_details AS
 --
 
 COMMENT ON VIEW fifoq.execution_details IS 'Executions with their action and group names: the row every fifoq function returns.';
+
+
+--
+-- Name: COLUMN execution_details.id; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.id IS 'Execution id.';
+
+
+--
+-- Name: COLUMN execution_details.action; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.action IS 'Action of its queue.';
+
+
+--
+-- Name: COLUMN execution_details."group"; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details."group" IS 'Group of its queue; NULL for the default group.';
+
+
+--
+-- Name: COLUMN execution_details.seq; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.seq IS 'Position in its queue; strictly increasing in enqueue commit order.';
+
+
+--
+-- Name: COLUMN execution_details.status; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.status IS 'See fifoq.executions.status.';
+
+
+--
+-- Name: COLUMN execution_details.payload; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.payload IS 'JSON given at enqueue.';
+
+
+--
+-- Name: COLUMN execution_details.result; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.result IS 'JSON given when it was completed.';
+
+
+--
+-- Name: COLUMN execution_details.error; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.error IS 'Error text given when it failed.';
+
+
+--
+-- Name: COLUMN execution_details.enqueued_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.enqueued_at IS 'When it was enqueued.';
+
+
+--
+-- Name: COLUMN execution_details.started_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.started_at IS 'When it became active.';
+
+
+--
+-- Name: COLUMN execution_details.finished_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.finished_at IS 'When it reached its terminal status.';
+
+
+--
+-- Name: COLUMN execution_details.owner; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.owner IS 'fifoq.executors.id of the executor waiting on or running it.';
+
+
+--
+-- Name: COLUMN execution_details.queue_id; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.queue_id IS 'fifoq.queues.id of its queue.';
+
+
+--
+-- Name: COLUMN execution_details.deadline; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.execution_details.deadline IS 'When it times out if still queued; NULL: never.';
 
 
 --
@@ -961,6 +1185,13 @@ COMMENT ON TABLE fifoq.policies IS 'Concurrency policy per action. The key is an
 
 
 --
+-- Name: COLUMN policies.action; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.policies.action IS 'An action name, a pack pattern ''pack.*'', or ''*'' for the default.';
+
+
+--
 -- Name: COLUMN policies.max_concurrent; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
@@ -993,6 +1224,13 @@ COMMENT ON COLUMN fifoq.policies.on_limit IS 'enqueue: wait in line; reject: ref
 --
 
 COMMENT ON COLUMN fifoq.policies.group_by IS 'Payload keys whose values form the group, so the limit applies per group.';
+
+
+--
+-- Name: COLUMN policies.updated_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.policies.updated_at IS 'When it was last set.';
 
 
 --
@@ -2335,6 +2573,34 @@ COMMENT ON TABLE fifoq.executors IS 'Connected QueueManagers. An executor whose 
 
 
 --
+-- Name: COLUMN executors.id; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.id IS 'Executor id: fifoq.executions.owner of what it waits on or runs.';
+
+
+--
+-- Name: COLUMN executors.name; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.name IS 'Its name (QueueManager.connect(name=...); default host:pid:n).';
+
+
+--
+-- Name: COLUMN executors.hostname; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.hostname IS 'Host its process runs on.';
+
+
+--
+-- Name: COLUMN executors.pid; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.pid IS 'Its client process id on that host.';
+
+
+--
 -- Name: COLUMN executors.lease; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
@@ -2342,10 +2608,31 @@ COMMENT ON COLUMN fifoq.executors.lease IS 'Seconds without a heartbeat after wh
 
 
 --
+-- Name: COLUMN executors.started_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.started_at IS 'When it registered.';
+
+
+--
+-- Name: COLUMN executors.heartbeat_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.heartbeat_at IS 'Its last heartbeat; older than lease seconds means it is reaped.';
+
+
+--
 -- Name: COLUMN executors.ended_at; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
 COMMENT ON COLUMN fifoq.executors.ended_at IS 'When it closed or was reaped; NULL while alive.';
+
+
+--
+-- Name: COLUMN executors.end_reason; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.end_reason IS 'closed, or lease expired (reaped by the others); NULL while alive.';
 
 
 --
@@ -2398,10 +2685,31 @@ COMMENT ON VIEW fifoq.queue_stats_live IS 'Live statistics per queue (action, gr
 
 
 --
+-- Name: COLUMN queue_stats_live.action; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.action IS 'Action of the queue.';
+
+
+--
+-- Name: COLUMN queue_stats_live."group"; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live."group" IS 'Group of the queue; NULL for the default group.';
+
+
+--
 -- Name: COLUMN queue_stats_live.queue_length; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
 COMMENT ON COLUMN fifoq.queue_stats_live.queue_length IS 'Executions waiting (not counting active ones).';
+
+
+--
+-- Name: COLUMN queue_stats_live.active_count; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.active_count IS 'Executions holding a slot.';
 
 
 --
@@ -2412,10 +2720,59 @@ COMMENT ON COLUMN fifoq.queue_stats_live.max_concurrent IS 'Limit of the policy 
 
 
 --
+-- Name: COLUMN queue_stats_live.oldest_enqueued_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.oldest_enqueued_at IS 'Enqueue time of the head of the line; NULL when nobody waits.';
+
+
+--
+-- Name: COLUMN queue_stats_live.total_enqueued; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.total_enqueued IS 'Executions ever enqueued.';
+
+
+--
 -- Name: COLUMN queue_stats_live.total_completed; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
 COMMENT ON COLUMN fifoq.queue_stats_live.total_completed IS 'Succeeded plus failed.';
+
+
+--
+-- Name: COLUMN queue_stats_live.total_failed; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.total_failed IS 'Executions that ended failed.';
+
+
+--
+-- Name: COLUMN queue_stats_live.total_cancelled; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.total_cancelled IS 'Executions that ended cancelled.';
+
+
+--
+-- Name: COLUMN queue_stats_live.total_timed_out; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.total_timed_out IS 'Executions that ended timed_out.';
+
+
+--
+-- Name: COLUMN queue_stats_live.total_abandoned; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.total_abandoned IS 'Executions that ended abandoned (their executor died or closed).';
+
+
+--
+-- Name: COLUMN queue_stats_live.last_updated; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats_live.last_updated IS 'When these figures were read (live view) or refreshed (snapshot).';
 
 
 --
@@ -2445,6 +2802,97 @@ CREATE MATERIALIZED VIEW fifoq.queue_stats AS
 --
 
 COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS 'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (CONCURRENTLY, so readers never block).';
+
+
+--
+-- Name: COLUMN queue_stats.action; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.action IS 'Action of the queue.';
+
+
+--
+-- Name: COLUMN queue_stats."group"; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats."group" IS 'Group of the queue; NULL for the default group.';
+
+
+--
+-- Name: COLUMN queue_stats.queue_length; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.queue_length IS 'Executions waiting (not counting active ones).';
+
+
+--
+-- Name: COLUMN queue_stats.active_count; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.active_count IS 'Executions holding a slot.';
+
+
+--
+-- Name: COLUMN queue_stats.max_concurrent; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.max_concurrent IS 'Limit of the policy in force; NULL: unlimited.';
+
+
+--
+-- Name: COLUMN queue_stats.oldest_enqueued_at; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.oldest_enqueued_at IS 'Enqueue time of the head of the line; NULL when nobody waits.';
+
+
+--
+-- Name: COLUMN queue_stats.total_enqueued; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.total_enqueued IS 'Executions ever enqueued.';
+
+
+--
+-- Name: COLUMN queue_stats.total_completed; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.total_completed IS 'Succeeded plus failed.';
+
+
+--
+-- Name: COLUMN queue_stats.total_failed; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.total_failed IS 'Executions that ended failed.';
+
+
+--
+-- Name: COLUMN queue_stats.total_cancelled; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.total_cancelled IS 'Executions that ended cancelled.';
+
+
+--
+-- Name: COLUMN queue_stats.total_timed_out; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.total_timed_out IS 'Executions that ended timed_out.';
+
+
+--
+-- Name: COLUMN queue_stats.total_abandoned; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.total_abandoned IS 'Executions that ended abandoned (their executor died or closed).';
+
+
+--
+-- Name: COLUMN queue_stats.last_updated; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.queue_stats.last_updated IS 'When these figures were read (live view) or refreshed (snapshot).';
 
 
 --

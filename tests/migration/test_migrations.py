@@ -338,6 +338,25 @@ def test_every_table_view_and_function_of_the_schema_has_a_comment(empty_dsn: st
     assert not bare, f"objects without COMMENT ON: {[name for (name,) in bare]}"
 
 
+def test_every_column_of_fifoqs_own_tables_and_views_has_a_comment(empty_dsn: str) -> None:
+    """`\\d+ fifoq.queue_stats` and the rest describe every column (yoyo's are its own)."""
+    fifoq.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        bare = conn.execute(
+            """
+            SELECT c.relname || '.' || a.attname
+            FROM pg_class c
+            JOIN pg_namespace n ON n.oid = c.relnamespace
+            JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE n.nspname = 'fifoq' AND c.relkind IN ('r', 'v', 'm', 'p')
+              AND position('yoyo' in c.relname) = 0
+              AND col_description(c.oid, a.attnum) IS NULL
+            ORDER BY 1
+            """
+        ).fetchall()
+    assert not bare, f"columns without COMMENT ON: {[name for (name,) in bare]}"
+
+
 @pytest.mark.parametrize("register", [True, False], ids=["executor", "plain client"])
 async def test_the_api_on_an_unmigrated_database_says_to_migrate(
     empty_dsn: str, register: bool
