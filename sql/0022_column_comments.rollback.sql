@@ -71,3 +71,6 @@ COMMENT ON COLUMN fifoq.queue_stats_live.last_updated IS NULL;
 COMMENT ON COLUMN fifoq.queue_stats_live.queue_length IS 'Executions waiting (not counting active ones).';
 COMMENT ON COLUMN fifoq.queue_stats_live.max_concurrent IS 'Limit of the policy in force; NULL: unlimited.';
 COMMENT ON COLUMN fifoq.queue_stats_live.total_completed IS 'Succeeded plus failed.';
+COMMENT ON SEQUENCE fifoq.executions_id_seq IS NULL;
+COMMENT ON SEQUENCE fifoq.queues_id_seq IS NULL;
+COMMENT ON SEQUENCE fifoq.executors_id_seq IS NULL;

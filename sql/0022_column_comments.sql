@@ -1,4 +1,4 @@
--- Every column of fifoq's tables and views explains itself in psql.
+-- Every column of fifoq's tables and views, and every sequence, explains itself in psql.
 -- depends: 0021_request_token
 --
 -- Why. SPEC §5 asks that `\d+` in psql explain the schema. Tables, views
@@ -42,6 +42,10 @@ COMMENT ON COLUMN fifoq.executors.pid IS 'Its client process id on that host.';
 COMMENT ON COLUMN fifoq.executors.started_at IS 'When it registered.';
 COMMENT ON COLUMN fifoq.executors.heartbeat_at IS 'Its last heartbeat; older than lease seconds means it is reaped.';
 COMMENT ON COLUMN fifoq.executors.end_reason IS 'closed, or lease expired (reaped by the others); NULL while alive.';
+
+COMMENT ON SEQUENCE fifoq.executions_id_seq IS 'Execution ids (identity of fifoq.executions.id).';
+COMMENT ON SEQUENCE fifoq.queues_id_seq IS 'Queue ids (identity of fifoq.queues.id).';
+COMMENT ON SEQUENCE fifoq.executors_id_seq IS 'Executor ids (identity of fifoq.executors.id).';
 
 COMMENT ON COLUMN fifoq.execution_details.id IS 'Execution id.';
 COMMENT ON COLUMN fifoq.execution_details.action IS 'Action of its queue.';

@@ -2548,6 +2548,13 @@ ALTER TABLE fifoq.executions ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
 
 
 --
+-- Name: SEQUENCE executions_id_seq; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON SEQUENCE fifoq.executions_id_seq IS 'Execution ids (identity of fifoq.executions.id).';
+
+
+--
 -- Name: executors; Type: TABLE; Schema: fifoq; Owner: -
 --
 
@@ -2647,6 +2654,13 @@ ALTER TABLE fifoq.executors ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: SEQUENCE executors_id_seq; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON SEQUENCE fifoq.executors_id_seq IS 'Executor ids (identity of fifoq.executors.id).';
 
 
 --
@@ -2907,6 +2921,13 @@ ALTER TABLE fifoq.queues ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
     NO MAXVALUE
     CACHE 1
 );
+
+
+--
+-- Name: SEQUENCE queues_id_seq; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON SEQUENCE fifoq.queues_id_seq IS 'Queue ids (identity of fifoq.queues.id).';
 
 
 --

@@ -327,7 +327,7 @@ def test_every_table_view_and_function_of_the_schema_has_a_comment(empty_dsn: st
         bare = conn.execute(
             """
             SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-            WHERE n.nspname = 'fifoq' AND c.relkind IN ('r', 'v', 'm', 'p')
+            WHERE n.nspname = 'fifoq' AND c.relkind IN ('r', 'v', 'm', 'p', 'S')
               AND obj_description(c.oid, 'pg_class') IS NULL
             UNION ALL
             SELECT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
