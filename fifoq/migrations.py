@@ -130,18 +130,18 @@ def _describe_bookkeeping(conn: psycopg.Connection[Any]) -> None:
         )
 
 
-def rollback(conninfo: str = "") -> list[str] | None:
+def rollback(conninfo: str = "") -> list[str]:
     """Revert every applied migration and drop the (then empty) fifoq schema.
 
-    Returns the names of the migrations reverted, newest first; None when
-    there was no fifoq schema to begin with.
+    Returns the names of the migrations reverted, newest first: empty when
+    there was nothing to revert (idempotent, like :func:`migrate`).
     """
     with psycopg.connect(conninfo, autocommit=True) as guard:
         exists = guard.execute(
             "SELECT 1 FROM pg_namespace WHERE nspname = %s", (SCHEMA,)
         ).fetchone()
         if not exists:
-            return None
+            return []
         guard.execute("SELECT pg_advisory_lock(%s, %s)", _MIGRATE_LOCK)
         with _yoyo_session(conninfo) as (backend, migrations):
             todo = backend.to_rollback(migrations)

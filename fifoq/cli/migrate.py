@@ -73,12 +73,12 @@ def migrate(
         # concurrent runs, one applies and the others find nothing to do.
         if rollback:
             reverted = rollback_migrations(conninfo)
-            if reverted is None:
-                typer.echo("nothing to roll back: there is no schema fifoq")
+            if not reverted:
+                typer.echo("nothing to roll back: no fifoq migration is applied")
             else:
-                listed = ", ".join(reverted) or "none applied"
                 typer.echo(
-                    f"rolled back {len(reverted)} migration(s) ({listed}); schema fifoq dropped"
+                    f"rolled back {len(reverted)} migration(s) ({', '.join(reverted)}); "
+                    "schema fifoq dropped"
                 )
         else:
             applied = apply_migrations(conninfo)

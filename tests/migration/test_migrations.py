@@ -137,7 +137,7 @@ def test_concurrent_migrations_both_succeed_and_one_applies(empty_dsn: str) -> N
     assert sorted(applied, key=len) == [[], [], every]
     reverted = fifoq.rollback(empty_dsn)
     assert reverted == list(reversed(every))
-    assert fifoq.rollback(empty_dsn) is None  # no schema left: nothing to roll back
+    assert fifoq.rollback(empty_dsn) == []  # no schema left: nothing to roll back, like migrate
 
 
 def file_headers(text: str) -> list[str]:
