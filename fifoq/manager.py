@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable, Sequence
@@ -79,6 +80,10 @@ def _request_tokens() -> Iterable[int]:
 
 _tokens = iter(_request_tokens())
 os.register_at_fork(after_in_child=lambda: globals().update(_tokens=iter(_request_tokens())))
+# fifoq.complete's and fifoq.complete_many's refusal (sql/0010_set_based_admission.sql).
+_NOT_ACTIVE = re.compile(
+    r"cannot complete execution (?P<id>\d+): it is (?P<status>\w+), not active"
+)
 _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
 # Seconds close() waits in all for statements that do not come back (a
 # database that does not answer): one deadline shared by its steps, so a
@@ -425,12 +430,15 @@ class QueueManager:
         execution_id = check_execution_id(execution_id)
         result_json = to_json(result, what="result", limit=self.max_payload_bytes)
         error = check_error_text(error)
-        rows = await self._db.rows(
-            query("complete"),
-            {"id": execution_id, "result": result_json, "error": error},
-            changed=changed_rows,
-            reconcile=_find_completed([execution_id], [result_json], [error]),
-        )
+        try:
+            rows = await self._db.rows(
+                query("complete"),
+                {"id": execution_id, "result": result_json, "error": error},
+                changed=changed_rows,
+                reconcile=_find_completed([execution_id], [result_json], [error]),
+            )
+        except InvalidTransition as exc:
+            raise await self._naming_the_action(exc) from exc
         return Execution.from_row(rows[0])
 
     async def complete_many(self, outcomes: Iterable[Outcome]) -> list[Execution]:
@@ -443,13 +451,36 @@ class QueueManager:
         changing nothing; an id given twice is ``InvalidInput``. At most 10,000
         per call. Returns the executions in the order given.
         """
-        completed, _ = await self._complete_many(
-            as_list(outcomes, what="outcomes", item="fifoq.Outcome items"),
-            claimer=None,
-            claim_actions=None,
-            claim_limit=0,
-        )
+        try:
+            completed, _ = await self._complete_many(
+                as_list(outcomes, what="outcomes", item="fifoq.Outcome items"),
+                claimer=None,
+                claim_actions=None,
+                claim_limit=0,
+            )
+        except InvalidTransition as exc:
+            raise await self._naming_the_action(exc) from exc
         return completed
+
+    async def _naming_the_action(self, refusal: InvalidTransition) -> InvalidTransition:
+        """The database's "cannot complete execution N" refusal, naming N's action too.
+
+        SPEC §4: messages name the action. The SQL functions name only the
+        id, and restating them to say more would copy two long functions
+        into a migration; on this error path one more read costs nothing
+        that matters. Anything else, or a failed read, is left as it was.
+        """
+        found = _NOT_ACTIVE.fullmatch(str(refusal))
+        if found is None:
+            return refusal
+        try:
+            execution = await self.get(int(found["id"]))
+        except (FifoqError, psycopg.Error):
+            return refusal
+        return InvalidTransition(
+            f"cannot complete execution {execution.id} of action {execution.action!r}: "
+            f"it is {found['status']}, not active"
+        )
 
     async def complete_and_claim(
         self, outcomes: Iterable[Outcome], actions: Sequence[str] | None, limit: int
@@ -935,7 +966,7 @@ class QueueManager:
             raise
         finally:
             unsubscribe()
-        raise self._not_started(execution, new_status)
+        raise self._not_started(execution, new_status, at)
 
     async def _watch(self, execution_id: int, executor_id: int) -> Execution:
         row = await self._db.change_one(
@@ -1004,12 +1035,21 @@ class QueueManager:
             )
 
     @staticmethod
-    def _not_started(execution: Execution, status: Status) -> FifoqError:
+    def _not_started(
+        execution: Execution, status: Status, at: datetime | None = None
+    ) -> FifoqError:
         where = f"execution {execution.id} of action {execution.action!r}"
         if status is Status.CANCELLED:
             return ExecutionCancelled(f"{where} was cancelled")
         if status is Status.TIMED_OUT:
-            return QueueTimeout(f"{where} timed out waiting in its queue")
+            # `at` (or finished_at): when the database timed it out.
+            ended = at or execution.finished_at
+            if ended is None:
+                return QueueTimeout(f"{where} timed out waiting in its queue (queue_timeout)")
+            waited = (ended - execution.enqueued_at).total_seconds()
+            return QueueTimeout(
+                f"{where} timed out after waiting {waited:.1f} s in its queue (queue_timeout)"
+            )
         if status is Status.ABANDONED:
             return ExecutionAbandoned(f"{where} was abandoned: its executor is gone")
         return InvalidTransition(f"{where} already finished: it is {status}")

@@ -76,7 +76,11 @@ async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | 
     if execution.status is Status.CANCELLED:
         raise ExecutionCancelled(f"{where} was cancelled before it started")
     if execution.status is Status.TIMED_OUT:
-        raise QueueTimeout(f"{where} timed out waiting in its queue")
+        waited = ""
+        if execution.finished_at is not None:
+            seconds = (execution.finished_at - execution.enqueued_at).total_seconds()
+            waited = f" after waiting {seconds:.1f} s"
+        raise QueueTimeout(f"{where} timed out{waited} in its queue (queue_timeout)")
     if execution.status is Status.ABANDONED:
         raise ExecutionAbandoned(f"{where} was abandoned")
     return execution

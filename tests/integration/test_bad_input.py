@@ -135,7 +135,10 @@ async def test_completing_twice_is_refused_and_frees_no_second_slot(
         lambda: qm.complete(first.id, error="again"),
     ):
         message = await assert_refused(dsn, call, InvalidTransition, str(first.id), "succeeded")
-        assert message == f"cannot complete execution {first.id}: it is succeeded, not active"
+        assert message == (
+            f"cannot complete execution {first.id} of action 'bad.twice': it is succeeded, "
+            "not active"
+        )
     assert (await qm.get(third.id)).status is Status.QUEUED
     stats = await qm.stats("bad.twice")
     assert (stats.active_count, stats.queue_length, stats.total_completed) == (1, 1, 1)

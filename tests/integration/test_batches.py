@@ -496,7 +496,9 @@ async def test_completing_a_non_active_execution_in_a_batch_changes_nothing(
         str(e[0].id),
         "succeeded",
     )
-    assert message == f"cannot complete execution {e[0].id}: it is succeeded, not active"
+    assert message == (
+        f"cannot complete execution {e[0].id} of action 'done.bad': it is succeeded, not active"
+    )
     await assert_refused(
         dsn,
         lambda: qm.complete_many([Outcome(e[2].id), Outcome(e[3].id), Outcome(e[1].id)]),

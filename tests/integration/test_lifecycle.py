@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from datetime import timedelta
 
@@ -117,9 +118,17 @@ async def test_database_timeout_wakes_an_owned_waiter_with_queue_timeout(
     await qm.set_policy("t.owned", max_concurrent=1, queue_timeout=0.5)
     await qm.enqueue("t.owned")
     began = time.monotonic()
-    with pytest.raises(QueueTimeout, match=r"timed out waiting in its queue"):
+    with pytest.raises(QueueTimeout) as timed_out:
         await asyncio.wait_for(qm.enqueue_and_wait("t.owned"), timeout=3)
     assert 0.5 <= time.monotonic() - began < 1.5
+    # The message names the action and how long it waited (SPEC §4).
+    found = re.fullmatch(
+        r"execution \d+ of action 't\.owned' timed out after waiting (\d+\.\d) s in its "
+        r"queue \(queue_timeout\)",
+        str(timed_out.value),
+    )
+    assert found is not None, str(timed_out.value)
+    assert 0.5 <= float(found[1]) < 1.5
     assert (await qm.stats("t.owned")).total_timed_out == 1
 
 
