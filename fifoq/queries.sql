@@ -184,13 +184,16 @@ SELECT fifoq.purge(%(older_than)s, %(limit)s) AS purged;
 -- server may not have noticed the drop): ended, waiting up to 5 s for it to
 -- exit, so that the statement either committed or never will. Only a
 -- backend that started before the call began (not a later one that reuses
--- the pid) and is not idle (idle: its statement is over). No row: nothing
--- to end. ended false: it did not exit in time.
+-- the pid) and is not idle (idle: its statement is over), and only while it
+-- runs one of fifoq's statements: a pid reused since (a crash ended ours)
+-- by another application's session of the same role is left alone. No
+-- row: nothing to end. ended false: it did not exit in time.
 SELECT pg_terminate_backend(pid, 5000) AS ended
 FROM pg_stat_activity
 WHERE pid = %(pid)s
   AND state IS DISTINCT FROM 'idle'
-  AND backend_start < clock_timestamp() - make_interval(secs => %(elapsed)s);
+  AND backend_start < clock_timestamp() - make_interval(secs => %(elapsed)s)
+  AND strpos(query, 'fifoq.') > 0;
 
 -- name: find_request
 -- The executions a lost enqueue call stored, by its request token (sql/0021):
