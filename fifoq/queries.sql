@@ -193,7 +193,8 @@ FROM pg_stat_activity
 WHERE pid = %(pid)s
   AND state IS DISTINCT FROM 'idle'
   AND backend_start < clock_timestamp() - make_interval(secs => %(elapsed)s)
-  AND strpos(query, 'fifoq.') > 0;
+  AND strpos(query, 'fifoq.') > 0
+  AND usename = current_user;  -- ours ran as this role; another's may not be ended
 
 -- name: find_request
 -- The executions a lost enqueue call stored, by its request token (sql/0021):
