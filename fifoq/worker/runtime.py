@@ -32,6 +32,7 @@ logger = logging.getLogger("fifoq.worker")
 
 _MAX_ERROR_CHARS = 64 * 1024  # an error text is for people; keep huge messages out of the row
 _COMPLETE_ATTEMPTS = 4
+_FINISHED_KEPT = 4096  # ids of executions that ended here, remembered (see Worker._finished_ids)
 _SETTLE_SECONDS = 5.0  # after the grace period: time for cancelled handlers to unwind
 _MAX_BACKOFF = 0.02  # longest pause of a worker that keeps losing claims to others
 
@@ -206,6 +207,10 @@ class Worker:
         self.unconfirmed: list[int] = []
         self.completed = 0
         self._running: dict[int, _Running] = {}
+        # Executions that ran here and ended (recorded, or given up on), the
+        # newest _FINISHED_KEPT: never started again, by adoption or by a
+        # completion's answer that comes back after adoption ran them.
+        self._finished_ids: dict[int, None] = {}
         self._wake = asyncio.Event()
         self._notified = False
         self._stopping = False
@@ -382,7 +387,7 @@ class Worker:
                 # returns: _start skips what already runs.
                 adopted = qm.claims_in_doubt
                 try:
-                    orphans = await qm.adopt(self.actions, self._running)
+                    orphans = await qm.adopt(self.actions, [*self._running, *self._finished_ids])
                 except (psycopg.Error, FifoqError, OSError) as exc:
                     adopted -= 1  # again on the next turn
                     logger.warning("adopting failed (%s); retrying", describe_error(exc))
@@ -484,8 +489,10 @@ class Worker:
             self._start(qm, execution)
 
     def _start(self, qm: QueueManager, execution: Execution) -> None:
-        if execution.id in self._running:
-            return  # adopted already (an answer that arrived after adopt listed it)
+        if execution.id in self._running or execution.id in self._finished_ids:
+            # Adopted already: a completion's answer that arrived after adopt
+            # listed what it claimed (and the handler may even have finished).
+            return
         running = _Running(execution, self.app[execution.action])
         # Tasks start in creation order, so handlers start in claim (seq) order.
         task = asyncio.create_task(self._execute(running), name=f"fifoq-exec-{execution.id}")
@@ -512,6 +519,9 @@ class Worker:
     def _finished(self, running: _Running) -> None:
         execution = running.execution
         self._running.pop(execution.id, None)
+        self._finished_ids[execution.id] = None
+        if len(self._finished_ids) > _FINISHED_KEPT:
+            del self._finished_ids[next(iter(self._finished_ids))]
         if running.unsubscribe is not None:
             running.unsubscribe()
         self._wake.set()  # a slot of ours is free: claim again

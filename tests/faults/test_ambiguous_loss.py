@@ -338,3 +338,37 @@ async def test_worker_completion_whose_reply_was_lost_runs_what_it_claimed(dsn: 
                 return all(e.status is Status.SUCCEEDED for e in found)
 
             await wait_until(all_done, DEADLINE, message="the claimed execution ran")
+
+
+ran_once: list[Any] = []
+
+
+@app.action("amb.once", max_concurrent=1)
+async def once(payload: Any) -> Any:
+    ran_once.append(payload)
+    return payload
+
+
+async def test_an_answer_that_comes_after_adoption_ran_its_execution_starts_nothing(
+    dsn: str,
+) -> None:
+    """Adoption may run what an answer still on its way claimed; the answer then starts nothing.
+
+    The handler may have finished by the time the answer comes, so "already
+    running" is not enough: what ended here is remembered too (and never
+    adopted, like an outcome the worker gave up recording).
+    """
+    async with (
+        QueueManager.connect(dsn, name="producer") as producer,
+        running_worker(dsn, concurrency=1, actions=["amb.once"]) as worker,
+    ):
+        execution = await producer.enqueue("amb.once", {"n": 1})
+
+        async def succeeded() -> bool:
+            return (await producer.get(execution.id)).status is Status.SUCCEEDED
+
+        await wait_until(succeeded, DEADLINE, message="it ran and was recorded")
+        assert ran_once == [{"n": 1}]
+        # The late answer of a statement that had claimed it.
+        worker._start_all(producer, [await producer.get(execution.id)])
+        assert [e.id for e in worker.running] == []
