@@ -70,16 +70,26 @@ _T = TypeVar("_T")
 _counter = itertools.count(1)
 
 
-def _request_tokens() -> Iterable[int]:
-    # Request tokens (sql/0021): a random 62-bit start per process, then
-    # counting, so a token costs next() and never repeats in this process;
-    # two processes' ranges meet with negligible odds. Drawn again in a
-    # forked child, which would otherwise repeat its parent's.
-    return itertools.count(int.from_bytes(os.urandom(8)) >> 2)
+class _RequestTokens:
+    """Request tokens (sql/0021): a random 62-bit start per process, then counting.
+
+    A token costs a next() and never repeats in this process; two
+    processes' ranges meet with negligible odds. A forked child draws a new
+    start, or it would repeat its parent's tokens.
+    """
+
+    def __init__(self) -> None:
+        self.draw()
+
+    def draw(self) -> None:
+        self._count = itertools.count(int.from_bytes(os.urandom(8)) >> 2)
+
+    def __next__(self) -> int:
+        return next(self._count)
 
 
-_tokens = iter(_request_tokens())
-os.register_at_fork(after_in_child=lambda: globals().update(_tokens=iter(_request_tokens())))
+_tokens = _RequestTokens()
+os.register_at_fork(after_in_child=_tokens.draw)
 # fifoq.complete's and fifoq.complete_many's refusal (sql/0010_set_based_admission.sql).
 _NOT_ACTIVE = re.compile(
     r"cannot complete execution (?P<id>\d+): it is (?P<status>\w+), not active"
