@@ -63,14 +63,20 @@ def _backend(conninfo: str) -> Any:
     return backend
 
 
-def _prepare_schema(conn: psycopg.Connection[Any]) -> None:
-    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)))
-    conn.execute(
+def _schema_statements() -> list[sql.Composed]:
+    """What creates schema fifoq before the first migration (run by migrate, shown by --sql)."""
+    return [
+        sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(SCHEMA)),
         sql.SQL("COMMENT ON SCHEMA {} IS {}").format(
             sql.Identifier(SCHEMA),
             sql.Literal("fifoq: FIFO execution queues with per-action concurrency limits"),
-        )
-    )
+        ),
+    ]
+
+
+def _prepare_schema(conn: psycopg.Connection[Any]) -> None:
+    for statement in _schema_statements():
+        conn.execute(statement)
 
 
 def migrate(conninfo: str = "") -> list[str]:
@@ -178,6 +184,10 @@ def pending_sql(conninfo: str = "", *, rollback: bool = False) -> str:
     else:
         files = [p for p in all_files if p.stem not in applied]
     parts = [f"-- {p.name}\n{p.read_text(encoding='utf-8')}" for p in files]
+    if not rollback and not schema_exists:
+        # What migrate() runs first: the migrations create their objects in it.
+        create = "".join(f"{statement.as_string()};\n" for statement in _schema_statements())
+        parts.insert(0, f"-- first, schema {SCHEMA}:\n{create}")
     if rollback and schema_exists:
         # What rollback() runs last, once the migrations are reverted.
         drop = sql.SQL("DROP SCHEMA {} CASCADE;").format(sql.Identifier(SCHEMA)).as_string()

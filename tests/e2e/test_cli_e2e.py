@@ -118,6 +118,12 @@ def test_migrate_sql_apply_and_rollback(empty_dsn: str) -> None:
     with psycopg.connect(empty_dsn) as conn:
         row = conn.execute("SELECT count(*) FROM pg_namespace WHERE nspname = 'fifoq'").fetchone()
         assert row == (0,)
+    # What --sql printed for the empty database runs as it is (as psql -f
+    # would): it creates the schema before the migrations' objects.
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute(shown.stdout.encode())
+        row = conn.execute("SELECT to_regclass('fifoq.executions') IS NOT NULL").fetchone()
+        assert row == (True,)
 
 
 def test_migrate_executor_role_ships_with_the_package_and_grants_what_fifoq_needs(
