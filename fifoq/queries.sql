@@ -183,7 +183,8 @@ SELECT fifoq.purge(%(older_than)s, %(limit)s) AS purged;
 -- The lost connection's backend, if it is still running the statement (the
 -- server may not have noticed the drop): ended, waiting up to 5 s for it to
 -- exit, so that the statement either committed or never will. Only a
--- backend that started before the call began (not a later one that reuses
+-- backend that started before the lost attempt had its connection (which
+-- the pool may have opened during the call; not a later one that reuses
 -- the pid) and is not idle (idle: its statement is over), and only while it
 -- runs one of fifoq's statements: a pid reused since (a crash ended ours)
 -- by another application's session of the same role is left alone. No

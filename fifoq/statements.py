@@ -297,11 +297,15 @@ class Statements:
                 pooled: psycopg.AsyncConnection[Any] | None = None
                 flush_error: psycopg.Error | None = None
                 backend = 0
+                opened_by = started
                 try:
                     async with _connection(self._pool, kept) as pooled:
                         kept = None  # a retry uses the pool
                         # Read now: a broken connection no longer knows it.
                         backend = pooled.pgconn.backend_pid
+                        # Its backend started before this moment, whenever
+                        # the connection was opened (maybe during this call).
+                        opened_by = time.monotonic()
                         async with pooled.cursor(row_factory=dict_row) as cur:
                             await cur.execute(sql_text, params)
                             rows = await cur.fetchall()
@@ -332,7 +336,7 @@ class Statements:
                             "(%s); settling its outcome",
                             exc,
                         )
-                        found = await self._settle(backend, started, reconcile, exc)
+                        found = await self._settle(backend, opened_by, started, reconcile, exc)
                         if found is not None:
                             return found
                     else:
@@ -352,6 +356,7 @@ class Statements:
     async def _settle(
         self,
         backend: int,
+        opened_by: float,
         started: float,
         reconcile: Reconcile | None,
         cause: psycopg.OperationalError,
@@ -362,6 +367,10 @@ class Statements:
         (waiting for a queue lock, say): it would commit after any look.
         Ending it (``pg_terminate_backend``, allowed on one's own role's
         backends) settles that: it either committed already or never will.
+        Its backend is told by its pid and by having started before
+        ``opened_by``, a moment the attempt had its connection (a backend
+        that reuses the pid later starts after it): not the call's start,
+        since the pool may have opened that connection during the call.
         The flush then makes a commit it made durable (it committed without
         waiting for the disk), so that what ``reconcile`` finds is what
         survives; a commit lost in a crash is not found, and runs again.
@@ -373,7 +382,7 @@ class Statements:
                     if backend:
                         cur = await conn.execute(
                             query("end_backend"),
-                            {"pid": backend, "elapsed": time.monotonic() - started},
+                            {"pid": backend, "elapsed": time.monotonic() - opened_by},
                         )
                         row = await cur.fetchone()
                         if row is not None and not row[0]:

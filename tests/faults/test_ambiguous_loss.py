@@ -153,6 +153,62 @@ async def test_lost_enqueue_still_waiting_on_the_server_is_ended_not_doubled(dsn
         assert [r[0] for r in await live(dsn, "amb.locked")] == [first.id, second.id]
 
 
+async def test_lost_enqueue_on_a_connection_opened_during_the_call_is_ended(dsn: str) -> None:
+    """The lost attempt ran on a connection the pool opened after the call began.
+
+    The first attempt finds its pooled connection terminated (57P01, never
+    ran: tried again); the pool opens another, whose statement waits for a
+    queue lock and loses its reply. That backend is the call's own although
+    it started after the call began: it must be ended, or it commits when
+    the lock is free, beside the retry.
+    """
+    waiting_sql = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%%enqueue_deferred(%%' AND pid <> pg_backend_pid()"
+    )
+    async with (
+        proxied(dsn) as (proxy, via),
+        QueueManager.connect(via, name="producer") as qm,
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin,
+    ):
+        first = await qm.enqueue("amb.fresh")
+        cur = await admin.execute(
+            "SELECT queue_id FROM fifoq.executions WHERE id = %s", (first.id,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        # End the pool's idle connections: the call's first attempt finds one dead.
+        cur = await admin.execute(
+            "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND backend_type = 'client backend'"
+            " AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM %s",
+            (qm.listener_backend_pid,),
+        )
+        assert all(r[0] for r in await cur.fetchall())
+        async with admin.transaction():
+            await admin.execute("SELECT fifoq.lock_queue(%s)", (row[0],))
+            muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
+            seen: list[int] = []
+
+            async def waiting() -> list[int]:
+                pids = [r[0] for r in await rows(dsn, waiting_sql)]
+                seen.extend(pids)
+                return pids
+
+            lost = asyncio.create_task(cut_once_committed(muted, waiting))
+            call = asyncio.create_task(qm.enqueue("amb.fresh", {"n": 2}))
+            await lost
+            old = seen[0]
+
+            async def retry_waiting() -> bool:
+                return (await waiting()) not in ([], [old])
+
+            await wait_until(retry_waiting, DEADLINE, message="the retry waits for the lock")
+        second = await asyncio.wait_for(call, DEADLINE)
+        await asyncio.sleep(0.2)
+        assert [r[0] for r in await live(dsn, "amb.fresh")] == [first.id, second.id]
+
+
 # -- 3. owned enqueue (enqueue_and_wait) -------------------------------------
 
 
