@@ -180,21 +180,21 @@ SELECT fifoq.purge(%(older_than)s, %(limit)s) AS purged;
 -- may have committed although its answer never came.
 
 -- name: end_backend
--- The lost connection's backend, if it is still running the statement (the
--- server may not have noticed the drop): ended, waiting up to 5 s for it to
--- exit, so that the statement either committed or never will. Only a
--- backend that started before the lost attempt had its connection (which
--- the pool may have opened during the call; not a later one that reuses
--- the pid) and is not idle (idle: its statement is over), and only while it
--- runs one of fifoq's statements: a pid reused since (a crash ended ours)
--- by another application's session of the same role is left alone. No
--- row: nothing to end. ended false: it did not exit in time.
+-- The lost connection's backend: ended, waiting up to 5 s for it to exit, so
+-- that the statement either committed or never will. Idle too: the server
+-- may not have received the statement yet (a packet in flight when the
+-- client saw the reset), and would run it after any look. Only a backend
+-- that started before the lost attempt had its connection (not a later one
+-- that reuses the pid), that ran only fifoq's statements as far as can be
+-- seen (the last or current one is fifoq's, or none yet: a pid reused since
+-- (a crash ended ours) by another application's session of the same role
+-- is left alone), of this role. No row: nothing to end. ended false: it did
+-- not exit in time.
 SELECT pg_terminate_backend(pid, 5000) AS ended
 FROM pg_stat_activity
 WHERE pid = %(pid)s
-  AND state IS DISTINCT FROM 'idle'
   AND backend_start < clock_timestamp() - make_interval(secs => %(elapsed)s)
-  AND strpos(query, 'fifoq.') > 0
+  AND (query = '' OR strpos(query, 'fifoq.') > 0)
   AND usename = current_user;  -- ours ran as this role; another's may not be ended
 
 -- name: find_request

@@ -364,13 +364,15 @@ class Statements:
         """After an ambiguous loss: end the lost backend, then ask ``reconcile`` (see :meth:`rows`).
 
         The backend may not have noticed the drop and still run the statement
-        (waiting for a queue lock, say): it would commit after any look.
-        Ending it (``pg_terminate_backend``, allowed on one's own role's
-        backends) settles that: it either committed already or never will.
-        Its backend is told by its pid and by having started before
-        ``opened_by``, a moment the attempt had its connection (a backend
-        that reuses the pid later starts after it): not the call's start,
-        since the pool may have opened that connection during the call.
+        (waiting for a queue lock, say), or not have received it yet (a packet
+        still in flight: it is idle now, and runs it later): either way it
+        would commit after any look. Ending it (``pg_terminate_backend``,
+        allowed on one's own role's backends), idle or not, settles that: it
+        either committed already or never will. Its backend is told by its
+        pid and by having started before ``opened_by``, a moment the attempt
+        had its connection (a backend that reuses the pid later starts after
+        it): not the call's start, since the pool may have opened that
+        connection during the call.
         The flush then makes a commit it made durable (it committed without
         waiting for the disk), so that what ``reconcile`` finds is what
         survives; a commit lost in a crash is not found, and runs again.

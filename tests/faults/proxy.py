@@ -53,6 +53,12 @@ class BlackholeProxy:
         # containing the marker gets muted before they are forwarded.
         self._marker: bytes | None = None
         self.muted: asyncio.Future[Pipe] | None = None
+        # reset_when_sent(marker, delay): the client side of the first pipe
+        # that sends the marker is reset at once, and the bytes reach the
+        # server ``delay`` seconds later (a packet still in flight).
+        self._late_marker: bytes | None = None
+        self._late_delay = 0.0
+        self.late: asyncio.Future[Pipe] | None = None
         self.port = 0
         self._server: asyncio.Server | None = None
 
@@ -99,6 +105,19 @@ class BlackholeProxy:
         self.muted = asyncio.get_running_loop().create_future()
         return self.muted
 
+    def reset_when_sent(self, marker: bytes, delay: float) -> asyncio.Future[Pipe]:
+        """Reset the client of the next pipe that sends ``marker``; forward it ``delay`` s later.
+
+        The client sees its connection reset (no SQLSTATE) before the server
+        has even received the statement; the server then gets and runs it
+        on a backend that was idle when the client found out. Returns a
+        future set to that pipe once the bytes were forwarded.
+        """
+        self._late_marker = marker
+        self._late_delay = delay
+        self.late = asyncio.get_running_loop().create_future()
+        return self.late
+
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if self.refuse_new:
             self.refused += 1
@@ -129,6 +148,16 @@ class BlackholeProxy:
                     pipe.muted = True
                     assert self.muted is not None
                     self.muted.set_result(pipe)
+                if upstream and self._late_marker is not None and self._late_marker in data:
+                    self._late_marker = None
+                    pipe.muted = True  # nothing more for the client, which is gone
+                    pipe.cut()
+                    await asyncio.sleep(self._late_delay)
+                    writer.write(data)
+                    await writer.drain()
+                    assert self.late is not None
+                    self.late.set_result(pipe)
+                    continue
                 if pipe.blackholed or (pipe.muted and not upstream):
                     continue  # swallowed: the packets "never arrive"
                 writer.write(data)

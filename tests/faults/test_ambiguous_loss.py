@@ -153,6 +153,22 @@ async def test_lost_enqueue_still_waiting_on_the_server_is_ended_not_doubled(dsn
         assert [r[0] for r in await live(dsn, "amb.locked")] == [first.id, second.id]
 
 
+async def test_lost_enqueue_that_reaches_the_server_late_is_not_doubled(dsn: str) -> None:
+    """The reset comes before the statement reaches the server (a packet still in flight).
+
+    When the client settles, the lost backend is idle, and nothing carries
+    the token yet; the enqueue runs again. The statement then arrives and
+    runs on the old backend unless that backend was ended too: ended idle
+    or not, it never runs anything again.
+    """
+    async with proxied(dsn) as (proxy, via), QueueManager.connect(via, name="producer") as qm:
+        late = proxy.reset_when_sent(b"fifoq.enqueue_deferred(", 0.5)
+        execution = await asyncio.wait_for(qm.enqueue("amb.late", {"n": 1}), DEADLINE)
+        await asyncio.wait_for(late, DEADLINE)
+        await asyncio.sleep(0.5)  # time for the late statement to run, if its backend lives
+        assert [r[0] for r in await live(dsn, "amb.late")] == [execution.id]
+
+
 async def test_lost_enqueue_on_a_connection_opened_during_the_call_is_ended(dsn: str) -> None:
     """The lost attempt ran on a connection the pool opened after the call began.
 
