@@ -976,6 +976,11 @@ class QueueManager:
             raise
         finally:
             unsubscribe()
+        if at is None and new_status is Status.TIMED_OUT:
+            # Learned from the poll, which carries no time: read when it
+            # timed out, for the message (how long it waited).
+            with contextlib.suppress(FifoqError, psycopg.Error):
+                at = (await self.get(execution.id)).finished_at
         raise self._not_started(execution, new_status, at)
 
     async def _watch(self, execution_id: int, executor_id: int) -> Execution:

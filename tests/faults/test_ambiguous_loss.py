@@ -440,6 +440,8 @@ async def test_an_answer_that_comes_after_adoption_ran_its_execution_starts_noth
             return (await producer.get(execution.id)).status is Status.SUCCEEDED
 
         await wait_until(succeeded, DEADLINE, message="it ran and was recorded")
+        # The worker's own bookkeeping of its end follows the commit.
+        await wait_until(lambda: not worker.running, DEADLINE, message="its handler task ended")
         assert ran_once == [{"n": 1}]
         # The late answer of a statement that had claimed it.
         worker._start_all(producer, [await producer.get(execution.id)])
