@@ -30,6 +30,7 @@ from .errors import (
     FifoqError,
     InvalidInput,
     InvalidTransition,
+    OutcomeUnknown,
     QueueTimeout,
     UnknownExecution,
 )
@@ -556,20 +557,25 @@ class QueueManager:
                 self._claims_lost()
             return found
 
-        rows = await self._db.rows(
-            query("complete_many"),
-            {
-                "ids": array_literal(ids),
-                "results": array_literal(results),
-                "errors": array_literal(errors),
-                "claimer": claimer if claim_limit > 0 else None,
-                "actions": None if claim_actions is None else array_literal(claim_actions),
-                "limit": max(claim_limit, 0),
-            },
-            changed=changed_rows,
-            kept=self._kept if claimer is not None else None,
-            reconcile=reconcile,
-        )
+        try:
+            rows = await self._db.rows(
+                query("complete_many"),
+                {
+                    "ids": array_literal(ids),
+                    "results": array_literal(results),
+                    "errors": array_literal(errors),
+                    "claimer": claimer if claim_limit > 0 else None,
+                    "actions": None if claim_actions is None else array_literal(claim_actions),
+                    "limit": max(claim_limit, 0),
+                },
+                changed=changed_rows,
+                kept=self._kept if claimer is not None else None,
+                reconcile=reconcile,
+            )
+        except OutcomeUnknown:
+            if claiming:
+                self._claims_lost()  # it may have taken executions for the claimer
+            raise
         executions = [Execution.from_row(row) for row in rows]
         return executions[: len(items)], executions[len(items) :]
 
@@ -638,15 +644,19 @@ class QueueManager:
             "actions": None if actions is None else array_literal(list(actions)),
             "limit": limit,
         }
-        rows = await self._as_executor(
-            lambda executor_id: self._db.rows(
-                query("claim"),
-                {**params, "executor": executor_id},
-                changed=changed_rows,
-                kept=self._kept,
-                reconcile=self._claim_lost,
+        try:
+            rows = await self._as_executor(
+                lambda executor_id: self._db.rows(
+                    query("claim"),
+                    {**params, "executor": executor_id},
+                    changed=changed_rows,
+                    kept=self._kept,
+                    reconcile=self._claim_lost,
+                )
             )
-        )
+        except OutcomeUnknown:
+            self._claims_lost()  # it may have taken executions: adopt them
+            raise
         return [Execution.from_row(r) for r in rows]
 
     async def _claim_lost(

@@ -21,7 +21,7 @@ import pytest
 from helpers import wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from fifoq import App, InvalidTransition, Outcome, QueueManager, Status
+from fifoq import App, InvalidTransition, Outcome, OutcomeUnknown, QueueManager, Status
 from fifoq.worker import Worker
 
 from .proxy import BlackholeProxy, Pipe
@@ -446,3 +446,28 @@ async def test_an_answer_that_comes_after_adoption_ran_its_execution_starts_noth
         # The late answer of a statement that had claimed it.
         worker._start_all(producer, [await producer.get(execution.id)])
         assert [e.id for e in worker.running] == []
+
+
+async def test_a_claim_whose_outcome_is_unknown_counts_as_in_doubt(
+    dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """OutcomeUnknown (the lost backend would not end) may hide a claim that took work.
+
+    Settling raises it before any look, so the claim's reconcile never runs:
+    the manager still counts a claim in doubt, and a worker adopts.
+    """
+    async with QueueManager.connect(dsn, name="claimer") as qm:
+        noticed: list[int] = []
+        qm.on_claims_in_doubt(lambda: noticed.append(qm.claims_in_doubt))
+
+        async def unknown(*_: Any, **__: Any) -> Any:
+            raise OutcomeUnknown("the lost backend did not end")
+
+        monkeypatch.setattr(qm._db, "rows", unknown)
+        with pytest.raises(OutcomeUnknown):
+            await qm.claim(["amb.work"], 2)
+        with pytest.raises(OutcomeUnknown):
+            await qm.complete_and_claim([Outcome(1)], ["amb.work"], 2)
+        with pytest.raises(OutcomeUnknown):
+            await qm.complete_many([Outcome(2)])  # claims nothing: not in doubt
+        assert noticed == [1, 2]
