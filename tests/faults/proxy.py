@@ -49,6 +49,7 @@ class BlackholeProxy:
         self.pipes: list[Pipe] = []
         self.refuse_new = False
         self.refused = 0
+        self.accept_delay = 0.0  # seconds a new connection waits before it is forwarded
         # mute_when_sent(marker): the first pipe whose client sends bytes
         # containing the marker gets muted before they are forwarded.
         self._marker: bytes | None = None
@@ -123,6 +124,8 @@ class BlackholeProxy:
             self.refused += 1
             writer.close()  # the client sees the server close the connection at once
             return
+        if self.accept_delay:
+            await asyncio.sleep(self.accept_delay)  # a slow network: the server sees it later
         try:
             up_reader, up_writer = await asyncio.open_connection(
                 self.upstream_host, self.upstream_port

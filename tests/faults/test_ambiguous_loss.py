@@ -20,6 +20,7 @@ import psycopg
 import pytest
 from helpers import wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import AsyncConnectionPool
 
 from fifoq import App, InvalidTransition, Outcome, OutcomeUnknown, QueueManager, Status
 from fifoq.worker import Worker
@@ -164,8 +165,17 @@ async def test_lost_enqueue_that_reaches_the_server_late_is_not_doubled(dsn: str
     async with proxied(dsn) as (proxy, via), QueueManager.connect(via, name="producer") as qm:
         late = proxy.reset_when_sent(b"fifoq.enqueue_deferred(", 0.5)
         execution = await asyncio.wait_for(qm.enqueue("amb.late", {"n": 1}), DEADLINE)
-        await asyncio.wait_for(late, DEADLINE)
-        await asyncio.sleep(0.5)  # time for the late statement to run, if its backend lives
+        pipe = await asyncio.wait_for(late, DEADLINE)
+
+        async def ended_or_ran() -> bool:
+            # Its backend gone (it never runs the statement), or the
+            # statement ran there after all.
+            backend = await rows(
+                dsn, "SELECT 1 FROM pg_stat_activity WHERE client_port = %s", (pipe.upstream_port,)
+            )
+            return not backend or len(await live(dsn, "amb.late")) > 1
+
+        await wait_until(ended_or_ran, DEADLINE, message="the late statement's fate")
         assert [r[0] for r in await live(dsn, "amb.late")] == [execution.id]
 
 
@@ -184,7 +194,11 @@ async def test_lost_enqueue_on_a_connection_opened_during_the_call_is_ended(dsn:
     )
     async with (
         proxied(dsn) as (proxy, via),
-        QueueManager.connect(via, name="producer") as qm,
+        # A pool that opens connections only on demand, used by nothing but
+        # the calls below (no executor: no listener, no maintenance): the
+        # retry's connection is opened during the call, never before it.
+        AsyncConnectionPool(via, min_size=0, max_size=2, open=False) as pool,
+        QueueManager.connect(pool=pool, register_executor=False) as qm,
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin,
     ):
         first = await qm.enqueue("amb.fresh")
@@ -197,10 +211,12 @@ async def test_lost_enqueue_on_a_connection_opened_during_the_call_is_ended(dsn:
         cur = await admin.execute(
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND backend_type = 'client backend'"
-            " AND pid <> pg_backend_pid() AND pid IS DISTINCT FROM %s",
-            (qm.listener_backend_pid,),
+            " AND pid <> pg_backend_pid()"
         )
         assert all(r[0] for r in await cur.fetchall())
+        # New connections open 0.2 s late: the retry's backend starts well
+        # after the call began, not within the clocks' skew of it.
+        proxy.accept_delay = 0.2
         async with admin.transaction():
             await admin.execute("SELECT fifoq.lock_queue(%s)", (row[0],))
             muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
@@ -221,7 +237,14 @@ async def test_lost_enqueue_on_a_connection_opened_during_the_call_is_ended(dsn:
 
             await wait_until(retry_waiting, DEADLINE, message="the retry waits for the lock")
         second = await asyncio.wait_for(call, DEADLINE)
-        await asyncio.sleep(0.2)
+
+        async def ended_or_committed() -> bool:
+            # The lost attempt's backend gone, or its statement committed
+            # once the lock was free.
+            backend = await rows(dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old,))
+            return not backend or len(await live(dsn, "amb.fresh")) > 2
+
+        await wait_until(ended_or_committed, DEADLINE, message="the lost attempt's fate")
         assert [r[0] for r in await live(dsn, "amb.fresh")] == [first.id, second.id]
 
 
