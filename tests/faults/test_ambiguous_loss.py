@@ -22,7 +22,15 @@ from helpers import wait_until
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool
 
-from fifoq import App, InvalidTransition, Outcome, OutcomeUnknown, QueueManager, Status
+from fifoq import (
+    App,
+    Execution,
+    InvalidTransition,
+    Outcome,
+    OutcomeUnknown,
+    QueueManager,
+    Status,
+)
 from fifoq.worker import Worker
 
 from .proxy import BlackholeProxy, Pipe
@@ -109,48 +117,65 @@ async def test_bare_enqueue_many_whose_reply_was_lost_is_stored_once(dsn: str) -
         assert [e.payload for e in executions] == [1, 2, 3]
 
 
+async def enqueue_lost_behind_the_lock(
+    dsn: str, proxy: BlackholeProxy, qm: QueueManager, first: Execution
+) -> Execution:
+    """Enqueue into ``first``'s queue while it is locked; that attempt loses its reply.
+
+    The lost attempt's statement waits for the queue lock on the server,
+    which did not notice the drop; the call settles and retries (the retry
+    waits too); then the lock is freed. Returns what the call returned, once
+    the lost attempt's fate is known: its backend gone, or its statement
+    committed after all (a third row).
+    """
+    waiting_sql = (
+        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+        " AND query LIKE '%%enqueue_deferred(%%' AND pid <> pg_backend_pid()"
+    )
+    async with await psycopg.AsyncConnection.connect(dsn) as admin:
+        cur = await admin.execute(
+            "SELECT queue_id FROM fifoq.executions WHERE id = %s", (first.id,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        await admin.execute("SELECT fifoq.lock_queue(%s)", (row[0],))
+        muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
+        seen: list[int] = []
+
+        async def waiting() -> list[int]:
+            pids = [r[0] for r in await rows(dsn, waiting_sql)]
+            seen.extend(pids)
+            return pids
+
+        lost = asyncio.create_task(cut_once_committed(muted, waiting))
+        call = asyncio.create_task(qm.enqueue(first.action, {"n": 2}))
+        await lost
+        old = seen[0]
+
+        async def retry_waiting() -> bool:
+            return (await waiting()) not in ([], [old])
+
+        await wait_until(retry_waiting, DEADLINE, message="the retry waits for the lock")
+        await admin.rollback()  # the lock is free
+    second = await asyncio.wait_for(call, DEADLINE)
+
+    async def ended_or_committed() -> bool:
+        backend = await rows(dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old,))
+        return not backend or len(await live(dsn, first.action)) > 2
+
+    await wait_until(ended_or_committed, DEADLINE, message="the lost attempt's fate")
+    return second
+
+
 async def test_lost_enqueue_still_waiting_on_the_server_is_ended_not_doubled(dsn: str) -> None:
     """The server did not notice the drop: the statement waits for a queue lock there.
 
     Looked for at once it is not found; run again, both would commit once
     the lock is free. The lost backend is ended first, so only the retry does.
     """
-    waiting_sql = (
-        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        " AND query LIKE '%%enqueue_deferred(%%' AND pid <> pg_backend_pid()"
-    )
-    async with (
-        proxied(dsn) as (proxy, via),
-        QueueManager.connect(via, name="producer") as qm,
-        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin,
-    ):
+    async with proxied(dsn) as (proxy, via), QueueManager.connect(via, name="producer") as qm:
         first = await qm.enqueue("amb.locked")
-        cur = await admin.execute(
-            "SELECT queue_id FROM fifoq.executions WHERE id = %s", (first.id,)
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        async with admin.transaction():
-            await admin.execute("SELECT fifoq.lock_queue(%s)", (row[0],))
-            muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
-
-            seen: list[int] = []
-
-            async def waiting() -> list[int]:
-                pids = [r[0] for r in await rows(dsn, waiting_sql)]
-                seen.extend(pids)
-                return pids
-
-            lost = asyncio.create_task(cut_once_committed(muted, waiting))
-            call = asyncio.create_task(qm.enqueue("amb.locked", {"n": 2}))
-            await lost
-            old = seen[0]
-
-            async def retry_waiting() -> bool:
-                return (await waiting()) not in ([], [old])
-
-            await wait_until(retry_waiting, DEADLINE, message="the retry waits for the lock")
-        second = await asyncio.wait_for(call, DEADLINE)
+        second = await enqueue_lost_behind_the_lock(dsn, proxy, qm, first)
         assert [r[0] for r in await live(dsn, "amb.locked")] == [first.id, second.id]
 
 
@@ -188,10 +213,6 @@ async def test_lost_enqueue_on_a_connection_opened_during_the_call_is_ended(dsn:
     it started after the call began: it must be ended, or it commits when
     the lock is free, beside the retry.
     """
-    waiting_sql = (
-        "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-        " AND query LIKE '%%enqueue_deferred(%%' AND pid <> pg_backend_pid()"
-    )
     async with (
         proxied(dsn) as (proxy, via),
         # A pool that opens connections only on demand, used by nothing but
@@ -199,56 +220,21 @@ async def test_lost_enqueue_on_a_connection_opened_during_the_call_is_ended(dsn:
         # retry's connection is opened during the call, never before it.
         AsyncConnectionPool(via, min_size=0, max_size=2, open=False) as pool,
         QueueManager.connect(pool=pool, register_executor=False) as qm,
-        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as admin,
     ):
         first = await qm.enqueue("amb.fresh")
-        cur = await admin.execute(
-            "SELECT queue_id FROM fifoq.executions WHERE id = %s", (first.id,)
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        # End the pool's idle connections: the call's first attempt finds one dead.
-        cur = await admin.execute(
+        # End the pool's idle connection: the call's first attempt finds it dead.
+        ended = await rows(
+            dsn,
             "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity"
             " WHERE datname = current_database() AND backend_type = 'client backend'"
-            " AND pid <> pg_backend_pid()"
+            " AND pid <> pg_backend_pid()",
         )
-        assert all(r[0] for r in await cur.fetchall())
+        assert ended and all(r[0] for r in ended)
         # New connections open 0.2 s late: the retry's backend starts well
         # after the call began, not within the clocks' skew of it.
         proxy.accept_delay = 0.2
-        async with admin.transaction():
-            await admin.execute("SELECT fifoq.lock_queue(%s)", (row[0],))
-            muted = proxy.mute_when_sent(b"fifoq.enqueue_deferred(")
-            seen: list[int] = []
-
-            async def waiting() -> list[int]:
-                pids = [r[0] for r in await rows(dsn, waiting_sql)]
-                seen.extend(pids)
-                return pids
-
-            lost = asyncio.create_task(cut_once_committed(muted, waiting))
-            call = asyncio.create_task(qm.enqueue("amb.fresh", {"n": 2}))
-            await lost
-            old = seen[0]
-
-            async def retry_waiting() -> bool:
-                return (await waiting()) not in ([], [old])
-
-            await wait_until(retry_waiting, DEADLINE, message="the retry waits for the lock")
-        second = await asyncio.wait_for(call, DEADLINE)
-
-        async def ended_or_committed() -> bool:
-            # The lost attempt's backend gone, or its statement committed
-            # once the lock was free.
-            backend = await rows(dsn, "SELECT 1 FROM pg_stat_activity WHERE pid = %s", (old,))
-            return not backend or len(await live(dsn, "amb.fresh")) > 2
-
-        await wait_until(ended_or_committed, DEADLINE, message="the lost attempt's fate")
+        second = await enqueue_lost_behind_the_lock(dsn, proxy, qm, first)
         assert [r[0] for r in await live(dsn, "amb.fresh")] == [first.id, second.id]
-
-
-# -- 3. owned enqueue (enqueue_and_wait) -------------------------------------
 
 
 async def test_enqueue_and_wait_whose_reply_was_lost_leaves_no_orphan(dsn: str) -> None:
