@@ -42,35 +42,28 @@ COMMENT ON COLUMN fifoq.execution_details.finished_at IS NULL;
 COMMENT ON COLUMN fifoq.execution_details.owner IS NULL;
 COMMENT ON COLUMN fifoq.execution_details.queue_id IS NULL;
 COMMENT ON COLUMN fifoq.execution_details.deadline IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.action IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats."group" IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.queue_length IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.active_count IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.max_concurrent IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.oldest_enqueued_at IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.total_enqueued IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.total_completed IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.total_failed IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.total_cancelled IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.total_timed_out IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.total_abandoned IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats.last_updated IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.action IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live."group" IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.queue_length IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.active_count IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.max_concurrent IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.oldest_enqueued_at IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.total_enqueued IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.total_completed IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.total_failed IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.total_cancelled IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.total_timed_out IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.total_abandoned IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.last_updated IS NULL;
-COMMENT ON COLUMN fifoq.queue_stats_live.queue_length IS 'Executions waiting (not counting active ones).';
-COMMENT ON COLUMN fifoq.queue_stats_live.max_concurrent IS 'Limit of the policy in force; NULL: unlimited.';
-COMMENT ON COLUMN fifoq.queue_stats_live.total_completed IS 'Succeeded plus failed.';
 COMMENT ON SEQUENCE fifoq.executions_id_seq IS NULL;
 COMMENT ON SEQUENCE fifoq.queues_id_seq IS NULL;
 COMMENT ON SEQUENCE fifoq.executors_id_seq IS NULL;
+
+-- The statistics relations' columns, as 0022 listed them: no comment again,
+-- except the three of the live view that had one before.
+DO $$
+DECLARE
+    v_relation text;
+    v_column   text;
+BEGIN
+    FOREACH v_relation IN ARRAY ARRAY['fifoq.queue_stats', 'fifoq.queue_stats_live'] LOOP
+        FOREACH v_column IN ARRAY ARRAY['action', 'group', 'queue_length', 'active_count',
+                                        'max_concurrent', 'oldest_enqueued_at', 'total_enqueued',
+                                        'total_completed', 'total_failed', 'total_cancelled',
+                                        'total_timed_out', 'total_abandoned', 'last_updated'] LOOP
+            -- Fixed names from the list above, never input.
+            EXECUTE format('COMMENT ON COLUMN %s.%I IS NULL', v_relation, v_column);
+        END LOOP;
+    END LOOP;
+END
+$$;
+COMMENT ON COLUMN fifoq.queue_stats_live.queue_length IS 'Executions waiting (not counting active ones).';
+COMMENT ON COLUMN fifoq.queue_stats_live.max_concurrent IS 'Limit of the policy in force; NULL: unlimited.';
+COMMENT ON COLUMN fifoq.queue_stats_live.total_completed IS 'Succeeded plus failed.';
