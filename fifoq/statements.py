@@ -12,10 +12,10 @@ protocol, and what to do when the connection dies in the middle of it:
   from another connection and check that the change survived;
 - lost with no SQLSTATE while the statement was in flight (a network drop,
   a reset from a proxy, a server gone): it may have committed, its answer
-  lost. The backend is ended if it still runs the statement, so that the
-  outcome is settled, and the caller's ``reconcile`` looks in the database
-  for what the statement did (see :meth:`Statements.rows`) before anything
-  runs again.
+  lost. Its backend is ended, busy or idle (the statement may still be on
+  its way to it), so that the outcome is settled, and the caller's
+  ``reconcile`` looks in the database for what the statement did (see
+  :meth:`Statements.rows`) before anything runs again.
 """
 
 from __future__ import annotations
@@ -279,8 +279,8 @@ class Statements:
         lost with none (a network drop or reset, a backend killed) is
         ambiguous for a ``changed`` statement: the server may have committed
         it and the answer been lost. Then, on another connection, the lost
-        backend is ended if it still runs the statement (OutcomeUnknown if it
-        does not exit), everything committed so far is flushed, and
+        backend is ended, busy or idle (OutcomeUnknown if it does not exit;
+        see :meth:`_settle`), everything committed so far is flushed, and
         ``reconcile`` tells what the lost attempt did: its rows are returned
         as the answer, or (None) the statement runs again. Without
         ``reconcile`` it runs again (the statements that are the same when
