@@ -20,7 +20,6 @@ from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from .errors import (
@@ -35,12 +34,12 @@ from .errors import (
     UnknownExecution,
 )
 from .listener import Listener
+from .lost_replies import find_completed, find_request, tokens
 from .models import Execution, Outcome, Policy, Purged, QueueStats, Status
 from .queries import query
 from .statements import (
     Change,
     KeptConnection,
-    Reconcile,
     Statements,
     array_literal,
     being_cancelled,
@@ -71,26 +70,6 @@ _T = TypeVar("_T")
 _counter = itertools.count(1)
 
 
-class _RequestTokens:
-    """Request tokens (sql/0021): a random 62-bit start per process, then counting.
-
-    A token costs a next() and never repeats in this process; two
-    processes' ranges meet with negligible odds. A forked child draws a new
-    start, or it would repeat its parent's tokens.
-    """
-
-    def __init__(self) -> None:
-        self.draw()
-
-    def draw(self) -> None:
-        self._count = itertools.count(int.from_bytes(os.urandom(8)) >> 2)
-
-    def __next__(self) -> int:
-        return next(self._count)
-
-
-_tokens = _RequestTokens()
-os.register_at_fork(after_in_child=_tokens.draw)
 # fifoq.complete's and fifoq.complete_many's refusal (sql/0010_set_based_admission.sql).
 _NOT_ACTIVE = re.compile(
     r"cannot complete execution (?P<id>\d+): it is (?P<status>\w+), not active"
@@ -381,12 +360,12 @@ class QueueManager:
         if conn is not None:
             rows = await self._db.rows(query("enqueue_many"), params, conn=conn)
         else:
-            request = next(_tokens)
+            request = next(tokens)
             rows = await self._db.rows(
                 query("enqueue_many_deferred"),
                 {**params, "request": request},
                 changed=changed_rows,
-                reconcile=_find_request(request),
+                reconcile=find_request(request),
             )
         return [
             dataclasses.replace(Execution.from_row(row), payload=_stored(text))
@@ -446,7 +425,7 @@ class QueueManager:
                 query("complete"),
                 {"id": execution_id, "result": result_json, "error": error},
                 changed=changed_rows,
-                reconcile=_find_completed([execution_id], [result_json], [error]),
+                reconcile=find_completed([execution_id], [result_json], [error]),
             )
         except InvalidTransition as exc:
             raise await self._naming_the_action(exc) from exc
@@ -546,7 +525,7 @@ class QueueManager:
         if not items:
             return [], []
         claiming = claimer is not None and claim_limit > 0
-        find = _find_completed(ids, results, errors)
+        find = find_completed(ids, results, errors)
 
         async def reconcile(
             conn: psycopg.AsyncConnection[Any], elapsed: float
@@ -927,13 +906,13 @@ class QueueManager:
         else:
             # The token finds the execution if the answer is lost (sql/0021):
             # running the enqueue again would store a second one.
-            request = next(_tokens)
+            request = next(tokens)
             params["request"] = request
             rows = await self._db.rows(
                 query("enqueue_deferred"),
                 params,
                 changed=changed_rows,
-                reconcile=_find_request(request),
+                reconcile=find_request(request),
             )
             row = rows[0]
         return dataclasses.replace(Execution.from_row(row), payload=_stored(payload_json))
@@ -1157,47 +1136,3 @@ def _stored(payload_json: str | None) -> Any:
     text keys) and change when the caller mutates it later.
     """
     return None if payload_json is None else json.loads(payload_json)
-
-
-def _find_request(request: int) -> Reconcile:
-    """Reconcile a lost enqueue: the executions stored with its token, or None (not stored)."""
-
-    async def find(
-        conn: psycopg.AsyncConnection[Any], elapsed: float
-    ) -> list[dict[str, Any]] | None:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            # It reads the executions enqueued since the call began.
-            await cur.execute(query("find_request"), {"request": request, "elapsed": elapsed})
-            rows = await cur.fetchall()
-        return rows or None
-
-    return find
-
-
-def _find_completed(
-    ids: list[int], results: list[str | None], errors: list[str | None]
-) -> Reconcile:
-    """Reconcile a lost completion: the executions if all have the outcome asked, else None.
-
-    A batch commits whole or not at all, so all of them finished exactly as
-    asked means it committed (or, as good, someone recorded the same
-    outcomes); otherwise it runs again, and fails as it would have if the
-    executions are no longer active.
-    """
-
-    async def find(
-        conn: psycopg.AsyncConnection[Any], elapsed: float
-    ) -> list[dict[str, Any]] | None:
-        async with conn.cursor(row_factory=dict_row) as cur:
-            await cur.execute(
-                query("find_completed"),
-                {
-                    "ids": array_literal(ids),
-                    "results": array_literal(results),
-                    "errors": array_literal(errors),
-                },
-            )
-            rows = await cur.fetchall()
-        return rows if len(rows) == len(ids) else None
-
-    return find
