@@ -835,7 +835,12 @@ class QueueManager:
         return [QueueStats.from_row(r) for r in rows]
 
     async def refresh_stats(self) -> None:
-        """Refresh the materialized view ``fifoq.queue_stats`` (concurrently)."""
+        """Refresh the materialized view ``fifoq.queue_stats``.
+
+        It is rebuilt (its readers wait the few milliseconds that takes), or,
+        if a reader's open transaction holds it for more than 20 ms,
+        refreshed ``CONCURRENTLY`` beside them (``sql/0023``).
+        """
         await self._db.one(query("refresh_stats"), {})
 
     async def snapshot_stats(self) -> list[QueueStats]:

@@ -2190,8 +2190,21 @@ CREATE FUNCTION fifoq.refresh_stats() RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
+DECLARE
+    v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
-    REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
+    BEGIN
+        IF v_caller_timeout::interval = interval '0'
+           OR v_caller_timeout::interval > interval '20 milliseconds' THEN
+            PERFORM set_config('lock_timeout', '20ms', true);
+        END IF;
+        REFRESH MATERIALIZED VIEW fifoq.queue_stats;
+        PERFORM set_config('lock_timeout', v_caller_timeout, true);
+    EXCEPTION WHEN lock_not_available THEN
+        -- A reader's open transaction holds the snapshot (or another
+        -- refresh runs long): refresh beside the readers.
+        REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
+    END;
 END
 $$;
 
@@ -2200,7 +2213,7 @@ $$;
 -- Name: FUNCTION refresh_stats(); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.refresh_stats() IS 'Refreshes fifoq.queue_stats without blocking its readers.';
+COMMENT ON FUNCTION fifoq.refresh_stats() IS 'Refreshes fifoq.queue_stats: rebuilds it (its readers wait the few milliseconds that takes), or, when a reader''s open transaction holds it for more than 20 ms, refreshes it CONCURRENTLY beside them.';
 
 
 --
@@ -2815,7 +2828,7 @@ CREATE MATERIALIZED VIEW fifoq.queue_stats AS
 -- Name: MATERIALIZED VIEW queue_stats; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS 'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (CONCURRENTLY, so readers never block).';
+COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS 'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (rebuilt, or CONCURRENTLY when readers hold it, so they never wait long).';
 
 
 --

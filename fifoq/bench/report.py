@@ -305,7 +305,7 @@ def print_report(console: Console, results: Results) -> None:
             f"  + {s.history_rows:,} finished, server", *_ms(s.with_history), str(s.samples)
         )
         latency.add_row(
-            "  same-shape plain matview (PostgreSQL floor)", *_ms(s.floor), str(s.floor.n)
+            "  same-shape matview, plain REFRESH (floor)", *_ms(s.floor), str(s.floor.n)
         )
         latency.add_row(
             "refresh_stats round trip (commit incl.)",

@@ -187,9 +187,9 @@ class StatsResult:
     without_history_round_trip: Distribution
     with_history_round_trip: Distribution
     history_insert_seconds: float
-    # REFRESH ... CONCURRENTLY of a plain matview of the same shape (all rows
-    # changing, as fifoq's do), timed alongside: PostgreSQL's own cost of the
-    # command on this server, which no view definition can go below.
+    # A plain REFRESH of a matview of the same shape over a copy of the rows,
+    # timed alongside: PostgreSQL's own cost of the command on this server,
+    # which no view definition can go below.
     floor: Distribution
 
 
