@@ -32,6 +32,12 @@
 -- also restores the caller's lock_timeout. Two refreshes at once still
 -- serialize, as before.
 --
+-- A lock is held until the transaction ends: called inside a longer
+-- transaction (its start is not this statement's start), a rebuild would
+-- keep the snapshot's readers waiting until the caller commits, so there the
+-- snapshot is refreshed CONCURRENTLY, as before. A call on its own (an
+-- autocommit statement, like QueueManager.refresh_stats()) commits at once.
+--
 -- The function keeps 0005's SECURITY DEFINER and fixed search_path (CREATE
 -- OR REPLACE resets what it does not restate). Snapshots taken before a
 -- plain refresh see the new rows (REFRESH writes them frozen, like
@@ -44,6 +50,11 @@ AS $$
 DECLARE
     v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
+    IF transaction_timestamp() <> statement_timestamp() THEN
+        -- Inside a longer transaction: see above.
+        REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
+        RETURN;
+    END IF;
     BEGIN
         IF v_caller_timeout::interval = interval '0'
            OR v_caller_timeout::interval > interval '20 milliseconds' THEN
@@ -60,6 +71,6 @@ END
 $$;
 
 COMMENT ON FUNCTION fifoq.refresh_stats() IS
-    'Refreshes fifoq.queue_stats: rebuilds it (its readers wait the few milliseconds that takes), or, when a reader''s open transaction holds it for more than 20 ms, refreshes it CONCURRENTLY beside them.';
+    'Refreshes fifoq.queue_stats: rebuilds it (its readers wait the few milliseconds that takes); CONCURRENTLY, beside its readers, when one''s open transaction holds it for more than 20 ms or when called inside a longer transaction.';
 COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS
-    'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (rebuilt, or CONCURRENTLY when readers hold it, so they never wait long).';
+    'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (rebuilt, or CONCURRENTLY when a reader holds it or the caller''s transaction goes on, so readers never wait long).';

@@ -2193,6 +2193,11 @@ CREATE FUNCTION fifoq.refresh_stats() RETURNS void
 DECLARE
     v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
+    IF transaction_timestamp() <> statement_timestamp() THEN
+        -- Inside a longer transaction: see above.
+        REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
+        RETURN;
+    END IF;
     BEGIN
         IF v_caller_timeout::interval = interval '0'
            OR v_caller_timeout::interval > interval '20 milliseconds' THEN
@@ -2213,7 +2218,7 @@ $$;
 -- Name: FUNCTION refresh_stats(); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.refresh_stats() IS 'Refreshes fifoq.queue_stats: rebuilds it (its readers wait the few milliseconds that takes), or, when a reader''s open transaction holds it for more than 20 ms, refreshes it CONCURRENTLY beside them.';
+COMMENT ON FUNCTION fifoq.refresh_stats() IS 'Refreshes fifoq.queue_stats: rebuilds it (its readers wait the few milliseconds that takes); CONCURRENTLY, beside its readers, when one''s open transaction holds it for more than 20 ms or when called inside a longer transaction.';
 
 
 --
@@ -2828,7 +2833,7 @@ CREATE MATERIALIZED VIEW fifoq.queue_stats AS
 -- Name: MATERIALIZED VIEW queue_stats; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS 'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (rebuilt, or CONCURRENTLY when readers hold it, so they never wait long).';
+COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS 'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (rebuilt, or CONCURRENTLY when a reader holds it or the caller''s transaction goes on, so readers never wait long).';
 
 
 --

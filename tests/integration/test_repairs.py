@@ -66,14 +66,37 @@ async def test_refreshing_an_unread_snapshot_rebuilds_it(qm: QueueManager, dsn: 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         before = await _snapshot_file(conn)
         await qm.enqueue("rp.rebuild")
-        async with conn.transaction():
-            await conn.execute("SET LOCAL lock_timeout = '3s'")
-            await conn.execute("SELECT fifoq.refresh_stats()")
-            cur = await conn.execute("SHOW lock_timeout")
-            assert await cur.fetchone() == ("3s",)
-        assert await _snapshot_file(conn) != before
+        await conn.execute("SET lock_timeout = '3s'")
+        await conn.execute("SELECT fifoq.refresh_stats()")
+        rebuilt = await _snapshot_file(conn)
+        assert rebuilt != before
+        cur = await conn.execute("SHOW lock_timeout")
+        assert await cur.fetchone() == ("3s",)
+        await qm.refresh_stats()  # the API's call is a statement on its own too
+        assert await _snapshot_file(conn) != rebuilt
     (stats,) = await qm.snapshot_stats()
     assert (stats.action, stats.queue_length, stats.total_enqueued) == ("rp.rebuild", 0, 2)
+
+
+async def test_a_refresh_inside_a_longer_transaction_keeps_readers_reading(
+    qm: QueueManager, dsn: str
+) -> None:
+    # A rebuild's lock would last until the caller commits, and readers wait
+    # that long: inside a transaction the refresh is CONCURRENTLY (sql/0023).
+    await qm.enqueue("rp.inside")
+    await qm.refresh_stats()
+    async with (
+        await psycopg.AsyncConnection.connect(dsn) as caller,
+        await psycopg.AsyncConnection.connect(dsn, autocommit=True) as reader,
+    ):
+        before = await _snapshot_file(reader)
+        await caller.execute("SELECT 1")  # the transaction begins before the refresh
+        await caller.execute("SELECT fifoq.refresh_stats()")
+        async with asyncio.timeout(30):
+            cur = await reader.execute("SELECT count(*) FROM fifoq.queue_stats")
+            assert await cur.fetchone() == (1,)
+        assert await _snapshot_file(reader) == before
+        await caller.commit()
 
 
 async def test_maintain_abandons_what_an_already_ended_executor_still_owns(dsn: str) -> None:
