@@ -839,8 +839,8 @@ class QueueManager:
 
         It is rebuilt (its readers wait the few milliseconds that takes), or,
         if a reader's open transaction holds it for more than 20 ms,
-        refreshed ``CONCURRENTLY`` beside them (``sql/0023``; from SQL, a
-        call inside a longer transaction also refreshes concurrently).
+        refreshed ``CONCURRENTLY`` beside them: ``fifoq.refresh_stats(true)``
+        in its own transaction (``sql/0023``).
         """
         await self._db.one(query("refresh_stats"), {})
 

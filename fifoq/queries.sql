@@ -146,7 +146,9 @@ WHERE action = %(action)s AND (%(group)s::text IS NULL OR "group" = %(group)s::t
 ORDER BY "group";
 
 -- name: refresh_stats
-SELECT fifoq.refresh_stats();
+-- true: rebuild rather than diff (sql/0023). Safe here because this statement
+-- is its own transaction (autocommit): the rebuild's lock ends with it.
+SELECT fifoq.refresh_stats(true);
 
 -- name: snapshot_stats
 SELECT * FROM fifoq.queue_stats ORDER BY action, "group";

@@ -1,4 +1,4 @@
--- fifoq.refresh_stats() rebuilds the snapshot instead of diffing it.
+-- fifoq.refresh_stats(true) rebuilds the snapshot instead of diffing it.
 -- depends: 0022_column_comments
 --
 -- Why. REFRESH ... CONCURRENTLY (0003) runs the view's query into a
@@ -19,39 +19,43 @@
 -- and the view no longer bloats between vacuums (every concurrent refresh
 -- left 100 dead rows behind for the next one to scan).
 --
--- Locks. A plain REFRESH takes ACCESS EXCLUSIVE on fifoq.queue_stats:
--- readers of the snapshot wait for the refresh (the milliseconds above),
--- nothing else does (the live view and the queue tables are only read,
--- as before). The danger is a reader whose transaction stays open after
--- reading the snapshot: the refresh would wait for it, and every later
--- reader would queue behind the refresh. So the plain REFRESH waits at
--- most 20 ms for its lock (or the caller's lock_timeout, if shorter), and
--- on lock_not_available the snapshot is refreshed CONCURRENTLY instead,
--- which readers never block (EXCLUSIVE does not conflict with the ACCESS
--- SHARE they hold). The EXCEPTION block is a subtransaction: its rollback
--- also restores the caller's lock_timeout. Two refreshes at once still
--- serialize, as before.
+-- Locks. A plain REFRESH takes ACCESS EXCLUSIVE on fifoq.queue_stats until
+-- its transaction ends: readers of the snapshot wait for it (the
+-- milliseconds above, if the transaction commits at once), nothing else
+-- does (the live view and the queue tables are only read, as before). Two
+-- dangers, two rules:
 --
--- A lock is held until the transaction ends: called inside a longer
--- transaction (its start is not this statement's start), a rebuild would
--- keep the snapshot's readers waiting until the caller commits, so there the
--- snapshot is refreshed CONCURRENTLY, as before. A call on its own (an
--- autocommit statement, like QueueManager.refresh_stats()) commits at once.
+-- - A caller's transaction that goes on after the refresh would keep the
+--   readers waiting until it commits. A function cannot tell whether its
+--   statement is the whole transaction, so the caller says so: only
+--   refresh_stats(true) rebuilds; QueueManager.refresh_stats() passes true
+--   (its statement runs on its own, autocommit). A plain call, from SQL
+--   inside any transaction, refreshes CONCURRENTLY as before.
+-- - A reader whose transaction stays open after reading the snapshot would
+--   make the rebuild wait, and every later reader queue behind it. So the
+--   rebuild waits at most 20 ms for its lock (or the caller's lock_timeout,
+--   if shorter); on lock_not_available the snapshot is refreshed
+--   CONCURRENTLY instead, which readers never block (EXCLUSIVE does not
+--   conflict with the ACCESS SHARE they hold). The EXCEPTION block is a
+--   subtransaction: its rollback also restores the caller's lock_timeout.
 --
--- The function keeps 0005's SECURITY DEFINER and fixed search_path (CREATE
--- OR REPLACE resets what it does not restate). Snapshots taken before a
--- plain refresh see the new rows (REFRESH writes them frozen, like
--- TRUNCATE + COPY FREEZE): harmless for statistics.
+-- The function keeps 0005's SECURITY DEFINER and fixed search_path. It has
+-- a new signature, so it is a new function: re-granted to the executor role
+-- if one exists (fifoq/executor_role.sql grants every function of the
+-- schema, for databases whose owner revoked EXECUTE from PUBLIC).
+-- Snapshots taken before a rebuild see the new rows (REFRESH writes them
+-- frozen, like COPY FREEZE): harmless for statistics.
 
-CREATE OR REPLACE FUNCTION fifoq.refresh_stats() RETURNS void
+DROP FUNCTION fifoq.refresh_stats();
+
+CREATE FUNCTION fifoq.refresh_stats(p_rebuild boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
-    IF transaction_timestamp() <> statement_timestamp() THEN
-        -- Inside a longer transaction: see above.
+    IF NOT p_rebuild THEN
         REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
         RETURN;
     END IF;
@@ -70,7 +74,15 @@ BEGIN
 END
 $$;
 
-COMMENT ON FUNCTION fifoq.refresh_stats() IS
-    'Refreshes fifoq.queue_stats: rebuilds it (its readers wait the few milliseconds that takes); CONCURRENTLY, beside its readers, when one''s open transaction holds it for more than 20 ms or when called inside a longer transaction.';
+COMMENT ON FUNCTION fifoq.refresh_stats(boolean) IS
+    'Refreshes fifoq.queue_stats CONCURRENTLY, beside its readers. refresh_stats(true), for a call that is its own transaction, rebuilds it instead (2-6x faster; readers wait until the caller commits), unless a reader''s open transaction holds it for over 20 ms.';
 COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS
-    'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (rebuilt, or CONCURRENTLY when a reader holds it or the caller''s transaction goes on, so readers never wait long).';
+    'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (see there: rebuilt or CONCURRENTLY).';
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'fifoq_executor') THEN
+        GRANT EXECUTE ON FUNCTION fifoq.refresh_stats(boolean) TO fifoq_executor;
+    END IF;
+END
+$$;

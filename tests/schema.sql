@@ -2183,18 +2183,17 @@ COMMENT ON FUNCTION fifoq.purge(p_older_than interval, p_limit integer) IS 'Dele
 
 
 --
--- Name: refresh_stats(); Type: FUNCTION; Schema: fifoq; Owner: -
+-- Name: refresh_stats(boolean); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
-CREATE FUNCTION fifoq.refresh_stats() RETURNS void
+CREATE FUNCTION fifoq.refresh_stats(p_rebuild boolean DEFAULT false) RETURNS void
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
     v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
-    IF transaction_timestamp() <> statement_timestamp() THEN
-        -- Inside a longer transaction: see above.
+    IF NOT p_rebuild THEN
         REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
         RETURN;
     END IF;
@@ -2215,10 +2214,10 @@ $$;
 
 
 --
--- Name: FUNCTION refresh_stats(); Type: COMMENT; Schema: fifoq; Owner: -
+-- Name: FUNCTION refresh_stats(p_rebuild boolean); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.refresh_stats() IS 'Refreshes fifoq.queue_stats: rebuilds it (its readers wait the few milliseconds that takes); CONCURRENTLY, beside its readers, when one''s open transaction holds it for more than 20 ms or when called inside a longer transaction.';
+COMMENT ON FUNCTION fifoq.refresh_stats(p_rebuild boolean) IS 'Refreshes fifoq.queue_stats CONCURRENTLY, beside its readers. refresh_stats(true), for a call that is its own transaction, rebuilds it instead (2-6x faster; readers wait until the caller commits), unless a reader''s open transaction holds it for over 20 ms.';
 
 
 --
@@ -2833,7 +2832,7 @@ CREATE MATERIALIZED VIEW fifoq.queue_stats AS
 -- Name: MATERIALIZED VIEW queue_stats; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS 'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (rebuilt, or CONCURRENTLY when a reader holds it or the caller''s transaction goes on, so readers never wait long).';
+COMMENT ON MATERIALIZED VIEW fifoq.queue_stats IS 'Snapshot of fifoq.queue_stats_live, refreshed by fifoq.refresh_stats() (see there: rebuilt or CONCURRENTLY).';
 
 
 --

@@ -32,9 +32,10 @@ async def _snapshot_file(conn: psycopg.AsyncConnection[object]) -> int:
 async def test_refreshing_the_snapshot_does_not_wait_for_its_readers(
     qm: QueueManager, dsn: str
 ) -> None:
-    # A plain REFRESH needs an ACCESS EXCLUSIVE lock and would wait for every
-    # open transaction that read the snapshot: after 20 ms it refreshes
-    # CONCURRENTLY instead (sql/0023), beside the reader.
+    # A rebuild (refresh_stats(true), the API's) needs an ACCESS EXCLUSIVE
+    # lock and would wait for every open transaction that read the snapshot:
+    # after 20 ms it refreshes CONCURRENTLY instead (sql/0023), beside the
+    # reader.
     await qm.enqueue("rp.snapshot")
     await qm.refresh_stats()
     async with await psycopg.AsyncConnection.connect(dsn) as reader:
@@ -45,7 +46,7 @@ async def test_refreshing_the_snapshot_does_not_wait_for_its_readers(
             # No lock_timeout of the caller's: a refresh that waited for the
             # reader would wait for good.
             async with asyncio.timeout(30):
-                await refresher.execute("SELECT fifoq.refresh_stats()")
+                await refresher.execute("SELECT fifoq.refresh_stats(true)")
             # Refreshed in place (CONCURRENTLY keeps the view's files), and
             # the caller's lock_timeout is its own again.
             assert await _snapshot_file(refresher) == before
@@ -67,22 +68,23 @@ async def test_refreshing_an_unread_snapshot_rebuilds_it(qm: QueueManager, dsn: 
         before = await _snapshot_file(conn)
         await qm.enqueue("rp.rebuild")
         await conn.execute("SET lock_timeout = '3s'")
-        await conn.execute("SELECT fifoq.refresh_stats()")
+        await conn.execute("SELECT fifoq.refresh_stats(true)")
         rebuilt = await _snapshot_file(conn)
         assert rebuilt != before
         cur = await conn.execute("SHOW lock_timeout")
         assert await cur.fetchone() == ("3s",)
-        await qm.refresh_stats()  # the API's call is a statement on its own too
+        await qm.refresh_stats()  # the API's call rebuilds
         assert await _snapshot_file(conn) != rebuilt
     (stats,) = await qm.snapshot_stats()
     assert (stats.action, stats.queue_length, stats.total_enqueued) == ("rp.rebuild", 0, 2)
 
 
-async def test_a_refresh_inside_a_longer_transaction_keeps_readers_reading(
+async def test_a_plain_sql_refresh_keeps_readers_reading_until_its_caller_commits(
     qm: QueueManager, dsn: str
 ) -> None:
-    # A rebuild's lock would last until the caller commits, and readers wait
-    # that long: inside a transaction the refresh is CONCURRENTLY (sql/0023).
+    # Called without true, as from SQL inside a longer transaction, the
+    # refresh is CONCURRENTLY: a rebuild's lock would last until the caller
+    # commits, and readers would wait that long (sql/0023).
     await qm.enqueue("rp.inside")
     await qm.refresh_stats()
     async with (
@@ -90,8 +92,7 @@ async def test_a_refresh_inside_a_longer_transaction_keeps_readers_reading(
         await psycopg.AsyncConnection.connect(dsn, autocommit=True) as reader,
     ):
         before = await _snapshot_file(reader)
-        await caller.execute("SELECT 1")  # the transaction begins before the refresh
-        await caller.execute("SELECT fifoq.refresh_stats()")
+        await caller.execute("SELECT fifoq.refresh_stats()")  # its transaction stays open
         async with asyncio.timeout(30):
             cur = await reader.execute("SELECT count(*) FROM fifoq.queue_stats")
             assert await cur.fetchone() == (1,)

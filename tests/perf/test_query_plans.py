@@ -426,9 +426,10 @@ def test_stats_read_the_queue_head_not_the_history(setup: tuple[PlanCatcher, int
         "executions_queue_head",
         "the live stats (fifoq.queue_stats_live)",
     )
-    plans = catcher.run("SELECT fifoq.refresh_stats()")
-    refresh = [p for p in plans if any(s[1] == "executions" for s in _scans(p["Plan"]))]
-    _assert_uses(refresh, "executions_queue_head", "the refresh of fifoq.queue_stats")
+    for call in ("SELECT fifoq.refresh_stats()", "SELECT fifoq.refresh_stats(true)"):
+        plans = catcher.run(call)  # CONCURRENTLY, and the API's rebuild
+        refresh = [p for p in plans if any(s[1] == "executions" for s in _scans(p["Plan"]))]
+        _assert_uses(refresh, "executions_queue_head", f"the refresh of fifoq.queue_stats ({call})")
 
 
 def _queue_reads(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
