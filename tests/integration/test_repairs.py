@@ -67,12 +67,13 @@ async def test_refreshing_an_unread_snapshot_rebuilds_it(qm: QueueManager, dsn: 
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
         before = await _snapshot_file(conn)
         await qm.enqueue("rp.rebuild")
-        await conn.execute("SET lock_timeout = '3s'")
-        await conn.execute("SELECT fifoq.refresh_stats(true)")
+        async with conn.transaction():  # a caller's transaction keeps its setting
+            await conn.execute("SET LOCAL lock_timeout = '3s'")
+            await conn.execute("SELECT fifoq.refresh_stats(true)")
+            cur = await conn.execute("SHOW lock_timeout")
+            assert await cur.fetchone() == ("3s",)
         rebuilt = await _snapshot_file(conn)
         assert rebuilt != before
-        cur = await conn.execute("SHOW lock_timeout")
-        assert await cur.fetchone() == ("3s",)
         await qm.refresh_stats()  # the API's call rebuilds
         assert await _snapshot_file(conn) != rebuilt
     (stats,) = await qm.snapshot_stats()
