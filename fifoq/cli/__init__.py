@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 from typing import Annotated, Any
@@ -57,6 +58,11 @@ def _root(
     ] = False,
 ) -> None:
     """FIFO execution queues with per-action concurrency limits, kept in PostgreSQL."""
+    # The pool's own warnings (a connection the server closed, discarded and
+    # replaced) are no news to a one-shot command, and without a handler
+    # Python would print them bare. `fifoq worker` logs them: its handler sits
+    # on the root logger, which they still reach.
+    logging.getLogger("psycopg").addHandler(logging.NullHandler())
     pass_on(dsn, debug)
 
 

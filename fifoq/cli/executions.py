@@ -67,7 +67,7 @@ async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | 
         if deadline is not None and time.monotonic() >= deadline:
             raise QueueTimeout(
                 f"execution {execution.id} of action {execution.action!r} did not start within "
-                f"{timeout:g} s; it is still queued"
+                f"{timeout:g} s; it is still queued (`fifoq cancel {execution.id}` withdraws it)"
             )
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.25)
@@ -89,7 +89,13 @@ async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | 
 def enqueue(
     action: Annotated[str, typer.Argument(metavar="ACTION", help="Action name, e.g. core.deploy.")],
     payload: Annotated[
-        str | None, typer.Option("--payload", metavar="JSON", help="Payload as JSON text.")
+        str | None,
+        typer.Option(
+            "--payload",
+            metavar="JSON",
+            help="Payload as JSON text (over about 128 KiB, the system's limit for one "
+            "argument, put it on one line of a file and use --payloads FILE).",
+        ),
     ] = None,
     payloads: Annotated[
         str | None,
@@ -152,7 +158,15 @@ def enqueue(
                         f"execution {execution.id} queued (seq {execution.seq}); waiting...",
                         err=True,
                     )
-                execution = await _wait_active(qm, execution, wait_timeout)
+                try:
+                    execution = await _wait_active(qm, execution, wait_timeout)
+                except asyncio.CancelledError:  # Ctrl-C: the execution stays
+                    typer.echo(
+                        f"execution {execution.id} is still queued; "
+                        f"`fifoq cancel {execution.id}` withdraws it",
+                        err=True,
+                    )
+                    raise
             return execution
 
     execution = run(go(), debug=debug, dsn=conninfo)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -197,18 +198,31 @@ def stats(
             # Ctrl-C leaves a table behind (Live prints its last frame on exit).
             first = frame(await fetch(qm, action, group, snapshot=refresh))
             out = console()
-            try:
-                with Live(first, console=out, auto_refresh=False) as live:
-                    while True:
-                        await asyncio.sleep(interval)
-                        rows = await fetch(qm, action, group, snapshot=refresh)
-                        live.update(frame(rows), refresh=True)
-            finally:
-                if not out.is_terminal:
-                    out.line()  # Live ends its last frame without one when not on a terminal
+            if not out.is_terminal:
+                # Into a file or a pipe: one frame after another, as they come
+                # (Live would keep them back and write only the last).
+                out.print(first)
+                while True:
+                    await asyncio.sleep(interval)
+                    out.print(frame(await fetch(qm, action, group, snapshot=refresh)))
+                    out.file.flush()
+            with Live(first, console=out, auto_refresh=False) as live:
+                while True:
+                    await asyncio.sleep(interval)
+                    rows = await fetch(qm, action, group, snapshot=refresh)
+                    live.update(frame(rows), refresh=True)
+
+    async def until_stopped() -> None:
+        # SIGTERM ends the watch as Ctrl-C does: through the task's
+        # cancellation, so that Live restores the terminal's cursor.
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await forever()
 
     with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C is how --watch ends
-        run(forever(), debug=debug, dsn=conninfo)
+        run(until_stopped(), debug=debug, dsn=conninfo)
 
 
 def register(app: typer.Typer) -> None:

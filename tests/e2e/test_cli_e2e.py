@@ -508,6 +508,34 @@ async def test_enqueue_wait_returns_once_admitted_without_owning_it(dsn: str) ->
         assert (await qm.get(execution["id"])).status is Status.ACTIVE
 
 
+async def test_enqueue_wait_interrupted_says_the_execution_is_still_queued(dsn: str) -> None:
+    # The CLI never owns what it enqueues: Ctrl-C leaves it queued, and the
+    # user is told so, and how to withdraw it.
+    async with QueueManager.connect(dsn) as qm:
+        await qm.set_policy("cli.interrupted", max_concurrent=1)
+        await qm.enqueue("cli.interrupted")
+        with subprocess.Popen(
+            [fifoq_bin(), "enqueue", "cli.interrupted", "--wait", "--dsn", dsn],
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            try:
+                errors = _reader(proc.stderr)
+                assert "waiting..." in errors.get(timeout=30)
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(30) == 130
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        waiting = (await qm.list_executions("cli.interrupted"))[-1]
+        assert waiting.status is Status.QUEUED
+        assert errors.get(timeout=5).strip() == (
+            f"execution {waiting.id} is still queued; `fifoq cancel {waiting.id}` withdraws it"
+        )
+
+
 async def _wait_for_admission(
     qm: QueueManager, proc: subprocess.Popen[str], blocker_id: int
 ) -> tuple[str, str]:
@@ -547,6 +575,37 @@ def test_stats_watch_streams_json_until_ctrl_c(dsn: str) -> None:
         _watch_json(proc, dsn)
 
 
+def test_stats_watch_rides_out_a_lost_connection_quietly(dsn: str) -> None:
+    # The server ends the watch's connections: it carries on, and the pool's
+    # warning about the closed connection it replaced is not printed bare.
+    with subprocess.Popen(
+        [fifoq_bin(), "stats", "--watch", "--json", "--interval", "0.1", "--dsn", dsn],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            lines = _reader(proc.stdout)
+            json.loads(lines.get(timeout=30))
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(
+                    # This test's own database: only the watch is connected.
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                    " AND backend_type = 'client backend'"
+                )
+            for _ in range(5):  # it goes on reading
+                json.loads(lines.get(timeout=30))
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+            assert proc.returncode == 0
+            assert err == "", err
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 def _watch_json(proc: subprocess.Popen[str], dsn: str) -> None:
     try:
         lines = _reader(proc.stdout)
@@ -568,8 +627,10 @@ def _watch_json(proc: subprocess.Popen[str], dsn: str) -> None:
             proc.kill()
 
 
-def test_stats_watch_table_redraws_on_a_terminal_until_ctrl_c(dsn: str) -> None:
-    # A pseudo-terminal, so rich sees a terminal and redraws in place.
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_stats_watch_table_redraws_on_a_terminal_until_stopped(dsn: str, stop: int) -> None:
+    # A pseudo-terminal, so rich sees a terminal and redraws in place; Ctrl-C
+    # and SIGTERM both end it cleanly, the cursor shown again.
     master, slave = pty.openpty()
     with subprocess.Popen(
         [fifoq_bin(), "stats", "--watch", "--interval", "0.1", "--dsn", dsn],
@@ -589,13 +650,40 @@ def test_stats_watch_table_redraws_on_a_terminal_until_ctrl_c(dsn: str) -> None:
                 ready, _, _ = select.select([master], [], [], 0.5)
                 if ready:
                     seen += os.read(master, 65536)
-            proc.send_signal(signal.SIGINT)
+            proc.send_signal(stop)
             assert proc.wait(30) == 0
+            while select.select([master], [], [], 0.5)[0]:
+                try:
+                    seen += os.read(master, 65536)
+                except OSError:  # the terminal's other end closed
+                    break
         finally:
             if proc.poll() is None:
                 proc.kill()
             os.close(master)
     assert b"\x1b[" in seen  # cursor movement: redrawn in place
+    hidden, shown = seen.rfind(b"\x1b[?25l"), seen.rfind(b"\x1b[?25h")
+    assert hidden != -1 and shown > hidden, seen[-300:]
+
+
+def test_stats_watch_into_a_pipe_writes_each_frame_as_it_comes(dsn: str) -> None:
+    with subprocess.Popen(
+        [fifoq_bin(), "stats", "--watch", "--interval", "0.1", "--dsn", dsn],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    ) as proc:
+        try:
+            lines = _reader(proc.stdout)
+            frames = 0
+            while frames < 2:  # while it runs, not only at the end
+                frames += "fifoq stats at" in lines.get(timeout=30)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()
 
 
 def test_an_app_module_that_exits_while_imported_is_a_one_line_error(
