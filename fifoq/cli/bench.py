@@ -5,7 +5,7 @@ from typing import Annotated
 
 import typer
 
-from ._common import dsn_option
+from ._common import DebugOption, dsn_option
 
 
 def bench(
@@ -65,9 +65,7 @@ def bench(
             show_default=False,
         ),
     ] = None,
-    debug: Annotated[
-        bool, typer.Option("--debug", help="Show the full traceback when something fails.")
-    ] = False,
+    debug: DebugOption = False,
 ) -> None:
     """Measure throughput, hand-off and cancel latency, stats cost and storage per execution.
 

@@ -319,9 +319,9 @@ class Worker:
                     self.executor_id = qm.executor_id  # a new one if it was reaped and rejoined
                 if self.handed_back:
                     logger.warning(
-                        "handing back %d execution(s) that did not finish within the grace "
-                        "period: %s; closing the executor marks them abandoned (they are not "
-                        "run again)",
+                        "handing back %d execution(s) still running when the worker stopped "
+                        "(the grace period ran out, or a second signal came): %s; closing the "
+                        "executor marks them abandoned (they are not run again)",
                         len(self.handed_back),
                         ", ".join(map(str, self.handed_back)),
                     )
