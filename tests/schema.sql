@@ -67,32 +67,41 @@ DECLARE
     v_active   integer;
     v_total    integer := 0;
 BEGIN
-    -- One queue at a time, in ascending id order (the deadlock-free order).
+    -- One queue at a time, in ascending id order (the deadlock-free order),
+    -- each in a subtransaction of its own: see the header.
     FOR v_queue_id IN
         SELECT DISTINCT e.queue_id FROM fifoq.executions e
         WHERE e.owner = p_executor AND e.status IN ('queued', 'active')
         ORDER BY e.queue_id
     LOOP
-        PERFORM fifoq.lock_queue(v_queue_id);
-        WITH gone AS (
-            UPDATE fifoq.executions e
-            SET status = 'abandoned', finished_at = clock_timestamp(), deadline = NULL
-            FROM fifoq.executions old
-            WHERE old.id = e.id AND e.owner = p_executor AND e.queue_id = v_queue_id
-              AND e.status IN ('queued', 'active')
-            RETURNING old.status AS old_status
-        )
-        SELECT count(*) FILTER (WHERE old_status = 'queued'),
-               count(*) FILTER (WHERE old_status = 'active')
-        INTO v_queued, v_active
-        FROM gone;
-        UPDATE fifoq.queues
-        SET queued_count = queued_count - v_queued,
-            active_count = active_count - v_active,
-            total_abandoned = total_abandoned + v_queued + v_active
-        WHERE id = v_queue_id;
-        PERFORM fifoq.admit(v_queue_id);
-        v_total := v_total + v_queued + v_active;
+        BEGIN
+            PERFORM fifoq.lock_queue(v_queue_id);
+            WITH gone AS (
+                UPDATE fifoq.executions e
+                SET status = 'abandoned', finished_at = clock_timestamp(), deadline = NULL
+                FROM fifoq.executions old
+                WHERE old.id = e.id AND e.owner = p_executor AND e.queue_id = v_queue_id
+                  AND e.status IN ('queued', 'active')
+                RETURNING old.status AS old_status
+            )
+            SELECT count(*) FILTER (WHERE old_status = 'queued'),
+                   count(*) FILTER (WHERE old_status = 'active')
+            INTO v_queued, v_active
+            FROM gone;
+            UPDATE fifoq.queues
+            SET queued_count = queued_count - v_queued,
+                active_count = active_count - v_active,
+                total_abandoned = total_abandoned + v_queued + v_active
+            WHERE id = v_queue_id;
+            PERFORM fifoq.admit(v_queue_id);
+            v_total := v_total + v_queued + v_active;
+        EXCEPTION WHEN lock_not_available THEN
+            -- Another transaction holds this queue past the caller's
+            -- lock_timeout (say, a client that enqueued into it and has not
+            -- committed): its executions here stay for fifoq.maintain()'s
+            -- sweep; the other queues are freed now.
+            NULL;
+        END;
     END LOOP;
     RETURN v_total;
 END
@@ -2397,11 +2406,19 @@ CREATE FUNCTION fifoq.unregister_executor(p_executor bigint) RETURNS integer
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_abandoned integer;
+    v_abandoned      integer;
+    v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
     UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'closed'
     WHERE id = p_executor AND ended_at IS NULL;
+    -- Wait at most 200 ms for each queue (or the caller's lock_timeout, if
+    -- shorter): a queue held longer is left to the sweep (see the header).
+    IF v_caller_timeout::interval = interval '0'
+       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
+        PERFORM set_config('lock_timeout', '200ms', true);
+    END IF;
     v_abandoned := fifoq.abandon_owned(p_executor);
+    PERFORM set_config('lock_timeout', v_caller_timeout, true);
     RETURN v_abandoned;
 END
 $$;

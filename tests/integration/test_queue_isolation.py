@@ -1,0 +1,102 @@
+"""Queues never block each other (SPEC §3.6), also when an executor ends.
+
+A client transaction that enqueued into queue X and has not committed holds
+X's lock. An executor that ends (reaped, or closed) while owning work in X
+and in Y must still free Y at once; X's share waits for X (sql/0024).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import psycopg
+import pytest
+from helpers import wait_until
+
+
+@dataclass
+class Scene:
+    """Executor ``executor`` runs one execution in each of iso.x and iso.y, limit 1."""
+
+    conn: psycopg.AsyncConnection[tuple[object, ...]]
+    executor: int
+    in_x: int
+    in_y: int
+    waiting_in_y: int
+
+    async def status(self, execution_id: int) -> str:
+        cur = await self.conn.execute(
+            "SELECT status::text FROM fifoq.executions WHERE id = %s", (execution_id,)
+        )
+        row = await cur.fetchone()
+        assert row is not None
+        return str(row[0])
+
+    async def maintain_until(self, execution_id: int, status: str, message: str) -> None:
+        async def reached() -> bool:
+            await self.conn.execute("SELECT fifoq.maintain()")
+            return await self.status(execution_id) == status
+
+        await wait_until(reached, 30, interval=0.1, message=message)
+
+
+async def _one(conn: psycopg.AsyncConnection[tuple[object, ...]], sql: str, *args: object) -> int:
+    cur = await conn.execute(sql, args)  # type: ignore[arg-type]
+    row = await cur.fetchone()
+    assert row is not None
+    return int(str(row[0]))
+
+
+@pytest.fixture
+async def x_held(dsn: str) -> AsyncIterator[psycopg.AsyncConnection[tuple[object, ...]]]:
+    """A client transaction that enqueued into iso.x and has not committed."""
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        yield holder
+
+
+@asynccontextmanager
+async def _scene(dsn: str, lease: int) -> AsyncIterator[Scene]:
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        executor = await _one(conn, "SELECT fifoq.register_executor('iso', 'h', 1, %s)", lease)
+        for action in ("iso.x", "iso.y"):
+            await conn.execute("SELECT fifoq.set_policy(%s, 1)", (action,))
+        owned = "SELECT id FROM fifoq.enqueue(%s, NULL, NULL, %s)"
+        yield Scene(
+            conn,
+            executor,
+            in_x=await _one(conn, owned, "iso.x", executor),
+            in_y=await _one(conn, owned, "iso.y", executor),
+            waiting_in_y=await _one(conn, "SELECT id FROM fifoq.enqueue('iso.y')"),
+        )
+
+
+async def test_a_reaped_executor_frees_other_queues_while_one_is_held(
+    dsn: str, x_held: psycopg.AsyncConnection[tuple[object, ...]]
+) -> None:
+    async with _scene(dsn, lease=1) as scene:
+        assert await scene.status(scene.waiting_in_y) == "queued"
+        await x_held.execute("SELECT fifoq.enqueue('iso.x')")  # holds iso.x from here
+        # The lease (1 s) runs out: the pass reaps it and frees iso.y now.
+        await scene.maintain_until(scene.in_y, "abandoned", "iso.y freed while iso.x is held")
+        assert await scene.status(scene.waiting_in_y) == "active"
+        assert await scene.status(scene.in_x) == "active"  # iso.x waits for its holder
+        await x_held.rollback()
+        await scene.maintain_until(scene.in_x, "abandoned", "iso.x freed once released")
+
+
+async def test_a_closing_executor_frees_other_queues_while_one_is_held(
+    dsn: str, x_held: psycopg.AsyncConnection[tuple[object, ...]]
+) -> None:
+    async with _scene(dsn, lease=60) as scene:
+        await x_held.execute("SELECT fifoq.enqueue('iso.x')")  # holds iso.x from here
+        async with asyncio.timeout(10):  # it used to wait for iso.x's holder
+            freed = await _one(scene.conn, "SELECT fifoq.unregister_executor(%s)", scene.executor)
+        assert freed == 1
+        assert await scene.status(scene.in_y) == "abandoned"
+        assert await scene.status(scene.waiting_in_y) == "active"
+        assert await scene.status(scene.in_x) == "active"
+        await x_held.commit()
+        await scene.maintain_until(scene.in_x, "abandoned", "iso.x swept once released")
