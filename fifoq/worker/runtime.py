@@ -597,10 +597,13 @@ class Worker:
         execution = running.execution
         elapsed = time.monotonic() - running.started
         keep = elapsed < self.keep_slot_under
+        queue = (execution.action, execution.group)  # its statement never waits for others'
         for attempt in range(1, _COMPLETE_ATTEMPTS + 1):
             try:
                 try:
-                    done = await complete(Outcome(execution.id, result, error), keep_slot=keep)
+                    done = await complete(
+                        Outcome(execution.id, result, error), keep_slot=keep, queue=queue
+                    )
                 except InvalidInput as exc:
                     # The result (not JSON, too large) or the error text cannot
                     # be stored: fail it, saying why.
@@ -609,7 +612,9 @@ class Worker:
                         InvalidInput(f"the handler's {what} was not stored: {exc}")
                     )
                     result = None
-                    done = await complete(Outcome(execution.id, error=error), keep_slot=keep)
+                    done = await complete(
+                        Outcome(execution.id, error=error), keep_slot=keep, queue=queue
+                    )
             except InvalidTransition as exc:
                 logger.info(
                     "execution %s (%s) finished after %.3f s but was no longer active: %s",
@@ -682,10 +687,10 @@ class Worker:
         # _SETTLE_SECONDS, and a second stop ends the wait. One that has not
         # answered by then (a database that does not) is cut below.
         assert self._completions is not None
-        sender = self._completions.sender
-        if sender is not None:
-            logger.debug("stopping: waiting for the completion statement in flight")
-            await self._wait_unless_forced({sender}, max(self.grace, _SETTLE_SECONDS))
+        senders = self._completions.senders
+        if senders:
+            logger.debug("stopping: waiting for the completion statements in flight")
+            await self._wait_unless_forced(senders, max(self.grace, _SETTLE_SECONDS))
         if not self._running:
             return
         logger.info(

@@ -366,3 +366,43 @@ async def test_handlers_still_running_when_the_grace_period_ends_are_cancelled_t
         await task
         assert worker.handed_back == [execution.id]
         assert (await qm.get(execution.id)).status is Status.ABANDONED
+
+
+async def test_a_queue_held_by_a_client_does_not_hold_up_other_queues_outcomes(
+    qm: QueueManager, dsn: str
+) -> None:
+    # A client that enqueued into wb.x and has not committed holds wb.x's
+    # lock, so the statement recording wb.x's outcome waits for it. The
+    # outcome of wb.y, finished after, must not wait with it (SPEC §3.6): it
+    # goes in a statement of its own, and wb.y's next execution starts.
+    gates = {"wb.x": asyncio.Event(), "wb.y": asyncio.Event()}
+    app = App()
+    for action, gate in gates.items():
+
+        @app.action(action, max_concurrent=1)
+        async def handler(payload: object, gate: asyncio.Event = gate) -> object:
+            if payload == "held":
+                await gate.wait()
+            return payload
+
+    worker = Worker(app, dsn, concurrency=4)
+    async with running(worker), await psycopg.AsyncConnection.connect(dsn) as client:
+        x = await qm.enqueue("wb.x", "held")
+        y = await qm.enqueue("wb.y", "held")
+        y_next = await qm.enqueue("wb.y", "next")
+        await wait_until(lambda: len(worker.running) == 2, 10, message="both handlers running")
+        await client.execute("SELECT fifoq.enqueue('wb.x')")  # holds wb.x until it ends
+        gates["wb.x"].set()
+        completions = worker._completions
+        assert completions is not None
+        await wait_until(lambda: completions.busy, 10, message="wb.x's outcome in flight")
+        gates["wb.y"].set()
+
+        async def finished(execution: Execution) -> bool:
+            return (await qm.get(execution.id)).status is Status.SUCCEEDED
+
+        await wait_until(lambda: finished(y), 10, message="wb.y's outcome recorded")
+        await wait_until(lambda: finished(y_next), 10, message="wb.y's next one run")
+        assert (await qm.get(x.id)).status is Status.ACTIVE  # wb.x's still waits
+        await client.rollback()
+        await wait_until(lambda: finished(x), 10, message="wb.x's outcome once released")
