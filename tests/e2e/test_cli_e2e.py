@@ -564,27 +564,26 @@ def _reader(stream: object) -> queue.Queue[str]:
     return lines
 
 
-def test_stats_watch_streams_json_until_ctrl_c(dsn: str) -> None:
-    with subprocess.Popen(
-        [fifoq_bin(), "stats", "--watch", "--json", "--interval", "0.1", "--dsn", dsn],
+def _watch(dsn: str, *options: str, stderr: int = subprocess.DEVNULL) -> subprocess.Popen[str]:
+    """``fifoq stats --watch`` every 0.1 s, its output read through a pipe."""
+    return subprocess.Popen(
+        [fifoq_bin(), "stats", "--watch", *options, "--interval", "0.1", "--dsn", dsn],
         cwd=HERE,
         stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
+        stderr=stderr,
         text=True,
-    ) as proc:
+    )
+
+
+def test_stats_watch_streams_json_until_ctrl_c(dsn: str) -> None:
+    with _watch(dsn, "--json") as proc:
         _watch_json(proc, dsn)
 
 
 def test_stats_watch_rides_out_a_lost_connection_quietly(dsn: str) -> None:
     # The server ends the watch's connections: it carries on, and the pool's
     # warning about the closed connection it replaced is not printed bare.
-    with subprocess.Popen(
-        [fifoq_bin(), "stats", "--watch", "--json", "--interval", "0.1", "--dsn", dsn],
-        cwd=HERE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    with _watch(dsn, "--json", stderr=subprocess.PIPE) as proc:
         try:
             lines = _reader(proc.stdout)
             json.loads(lines.get(timeout=30))
@@ -667,13 +666,7 @@ def test_stats_watch_table_redraws_on_a_terminal_until_stopped(dsn: str, stop: i
 
 
 def test_stats_watch_into_a_pipe_writes_each_frame_as_it_comes(dsn: str) -> None:
-    with subprocess.Popen(
-        [fifoq_bin(), "stats", "--watch", "--interval", "0.1", "--dsn", dsn],
-        cwd=HERE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    ) as proc:
+    with _watch(dsn) as proc:
         try:
             lines = _reader(proc.stdout)
             frames = 0
