@@ -2257,8 +2257,9 @@ CREATE FUNCTION fifoq.set_policy(p_action text, p_max_concurrent integer, p_max_
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_policy   fifoq.policies;
-    v_queue_id integer;
+    v_policy         fifoq.policies;
+    v_queue_id       integer;
+    v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
@@ -2305,15 +2306,26 @@ BEGIN
     RETURNING * INTO v_policy;
 
     -- A raised limit takes effect at once: admit into the new free slots of
-    -- every queue this policy governs, locking queues in id order.
+    -- every queue this policy governs, locking queues in id order. A queue
+    -- whose lock does not come within 200 ms (or the caller's lock_timeout,
+    -- if shorter) is skipped: see the header.
+    IF v_caller_timeout::interval = interval '0'
+       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
+        PERFORM set_config('lock_timeout', '200ms', true);
+    END IF;
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0 AND (fifoq.policy_for(q.action)).action = p_action
         ORDER BY q.id
     LOOP
-        PERFORM fifoq.lock_queue(v_queue_id);
-        PERFORM fifoq.admit(v_queue_id);
+        BEGIN
+            PERFORM fifoq.lock_queue(v_queue_id);
+            PERFORM fifoq.admit(v_queue_id);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- fifoq.maintain() admits there once the queue is free
+        END;
     END LOOP;
+    PERFORM set_config('lock_timeout', v_caller_timeout, true);
     RETURN v_policy;
 END
 $$;

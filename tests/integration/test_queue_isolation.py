@@ -1,8 +1,9 @@
-"""Queues never block each other (SPEC §3.6), also when an executor ends.
+"""Queues never block each other (SPEC §3.6), also when an executor ends or a limit rises.
 
 A client transaction that enqueued into queue X and has not committed holds
 X's lock. An executor that ends (reaped, or closed) while owning work in X
-and in Y must still free Y at once; X's share waits for X (sql/0024).
+and in Y must still free Y at once, and a raised pack limit must admit in Y
+at once; X's share waits for X (sql/0024, sql/0025).
 """
 
 from __future__ import annotations
@@ -28,19 +29,31 @@ class Scene:
     waiting_in_y: int
 
     async def status(self, execution_id: int) -> str:
-        cur = await self.conn.execute(
-            "SELECT status::text FROM fifoq.executions WHERE id = %s", (execution_id,)
-        )
-        row = await cur.fetchone()
-        assert row is not None
-        return str(row[0])
+        return await _status(self.conn, execution_id)
 
     async def maintain_until(self, execution_id: int, status: str, message: str) -> None:
-        async def reached() -> bool:
-            await self.conn.execute("SELECT fifoq.maintain()")
-            return await self.status(execution_id) == status
+        await _maintain_until(self.conn, execution_id, status, message)
 
-        await wait_until(reached, 30, interval=0.1, message=message)
+
+async def _status(conn: psycopg.AsyncConnection[tuple[object, ...]], execution_id: int) -> str:
+    cur = await conn.execute(
+        "SELECT status::text FROM fifoq.executions WHERE id = %s", (execution_id,)
+    )
+    row = await cur.fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+async def _maintain_until(
+    conn: psycopg.AsyncConnection[tuple[object, ...]], execution_id: int, status: str, message: str
+) -> None:
+    """Run maintenance passes until the execution has ``status``."""
+
+    async def reached() -> bool:
+        await conn.execute("SELECT fifoq.maintain()")
+        return await _status(conn, execution_id) == status
+
+    await wait_until(reached, 30, interval=0.1, message=message)
 
 
 async def _one(conn: psycopg.AsyncConnection[tuple[object, ...]], sql: str, *args: object) -> int:
@@ -100,3 +113,23 @@ async def test_a_closing_executor_frees_other_queues_while_one_is_held(
         assert await scene.status(scene.in_x) == "active"
         await x_held.commit()
         await scene.maintain_until(scene.in_x, "abandoned", "iso.x swept once released")
+
+
+async def test_raising_a_pack_limit_admits_in_its_other_queues_while_one_is_held(
+    dsn: str, x_held: psycopg.AsyncConnection[tuple[object, ...]]
+) -> None:
+    # set_policy admits into every queue of the pack; the held one is left to
+    # the maintenance pass, once free (sql/0025).
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("SELECT fifoq.set_policy('iso.*', 1)")
+        second = {}
+        for action in ("iso.x", "iso.y"):
+            await conn.execute("SELECT fifoq.enqueue(%s)", (action,))
+            second[action] = await _one(conn, "SELECT id FROM fifoq.enqueue(%s)", action)
+        await x_held.execute("SELECT fifoq.enqueue('iso.x')")  # holds iso.x from here
+        async with asyncio.timeout(10):  # it used to wait for iso.x's holder
+            await conn.execute("SELECT fifoq.set_policy('iso.*', 2)")
+        assert await _status(conn, second["iso.y"]) == "active"
+        assert await _status(conn, second["iso.x"]) == "queued"
+        await x_held.rollback()
+        await _maintain_until(conn, second["iso.x"], "active", "iso.x admitted once released")
