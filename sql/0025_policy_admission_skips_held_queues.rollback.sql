@@ -1,4 +1,5 @@
--- Reverts 0025_policy_admission_skips_held_queues.sql: set_policy as 0018 left it.
+-- Reverts 0025_policy_admission_skips_held_queues.sql: set_policy as 0018 left it,
+-- delete_policy as 0020 did.
 
 CREATE OR REPLACE FUNCTION fifoq.set_policy(
     p_action           text,
@@ -63,6 +64,40 @@ BEGIN
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0 AND (fifoq.policy_for(q.action)).action = p_action
+        ORDER BY q.id
+    LOOP
+        PERFORM fifoq.lock_queue(v_queue_id);
+        PERFORM fifoq.admit(v_queue_id);
+    END LOOP;
+    RETURN v_policy;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fifoq.delete_policy(p_action text) RETURNS fifoq.policies
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_policy   fifoq.policies;
+    v_queue_id integer;
+BEGIN
+    IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ400',
+            MESSAGE = format('invalid policy: action name %L %s', p_action, fifoq.name_problem(p_action));
+    END IF;
+
+    -- The primary key finds the row; its row lock makes a concurrent
+    -- set_policy of the same name wait for this transaction (then insert).
+    DELETE FROM fifoq.policies WHERE action = p_action RETURNING * INTO v_policy;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    FOR v_queue_id IN
+        SELECT q.id FROM fifoq.queues q
+        WHERE q.queued_count > 0
+          AND (p_action = '*'
+               OR q.action = p_action
+               OR fifoq.pack_pattern(q.action) = p_action)
         ORDER BY q.id
     LOOP
         PERFORM fifoq.lock_queue(v_queue_id);

@@ -1,4 +1,5 @@
--- A raised limit no longer waits for a queue that another transaction holds.
+-- A raised limit (set_policy, delete_policy) no longer waits for a queue
+-- that another transaction holds.
 -- depends: 0024_abandon_queue_by_queue
 --
 -- Why. fifoq.set_policy admits into the new free slots of every queue the
@@ -16,7 +17,9 @@
 -- executor runs a few times a second, once the queue is free. The policy
 -- itself is written as before, before any queue is touched.
 --
--- What. set_policy as 0018 left it, with that loop.
+-- What. set_policy as 0018 left it and delete_policy as 0020 did, each with
+-- that loop (deleting a policy raises a limit too: the queues fall back to
+-- the pack's or the default policy, or none).
 
 CREATE OR REPLACE FUNCTION fifoq.set_policy(
     p_action           text,
@@ -88,6 +91,51 @@ BEGIN
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0 AND (fifoq.policy_for(q.action)).action = p_action
+        ORDER BY q.id
+    LOOP
+        BEGIN
+            PERFORM fifoq.lock_queue(v_queue_id);
+            PERFORM fifoq.admit(v_queue_id);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- fifoq.maintain() admits there once the queue is free
+        END;
+    END LOOP;
+    PERFORM set_config('lock_timeout', v_caller_timeout, true);
+    RETURN v_policy;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION fifoq.delete_policy(p_action text) RETURNS fifoq.policies
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_policy         fifoq.policies;
+    v_queue_id       integer;
+    v_caller_timeout text := current_setting('lock_timeout');
+BEGIN
+    IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
+        RAISE EXCEPTION USING ERRCODE = 'FQ400',
+            MESSAGE = format('invalid policy: action name %L %s', p_action, fifoq.name_problem(p_action));
+    END IF;
+
+    -- The primary key finds the row; its row lock makes a concurrent
+    -- set_policy of the same name wait for this transaction (then insert).
+    DELETE FROM fifoq.policies WHERE action = p_action RETURNING * INTO v_policy;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+
+    -- Queue by queue, each lock awaited at most 200 ms, as in set_policy.
+    IF v_caller_timeout::interval = interval '0'
+       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
+        PERFORM set_config('lock_timeout', '200ms', true);
+    END IF;
+    FOR v_queue_id IN
+        SELECT q.id FROM fifoq.queues q
+        WHERE q.queued_count > 0
+          AND (p_action = '*'
+               OR q.action = p_action
+               OR fifoq.pack_pattern(q.action) = p_action)
         ORDER BY q.id
     LOOP
         BEGIN

@@ -1250,8 +1250,9 @@ CREATE FUNCTION fifoq.delete_policy(p_action text) RETURNS fifoq.policies
     LANGUAGE plpgsql
     AS $$
 DECLARE
-    v_policy   fifoq.policies;
-    v_queue_id integer;
+    v_policy         fifoq.policies;
+    v_queue_id       integer;
+    v_caller_timeout text := current_setting('lock_timeout');
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
@@ -1265,6 +1266,11 @@ BEGIN
         RETURN NULL;
     END IF;
 
+    -- Queue by queue, each lock awaited at most 200 ms, as in set_policy.
+    IF v_caller_timeout::interval = interval '0'
+       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
+        PERFORM set_config('lock_timeout', '200ms', true);
+    END IF;
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0
@@ -1273,9 +1279,14 @@ BEGIN
                OR fifoq.pack_pattern(q.action) = p_action)
         ORDER BY q.id
     LOOP
-        PERFORM fifoq.lock_queue(v_queue_id);
-        PERFORM fifoq.admit(v_queue_id);
+        BEGIN
+            PERFORM fifoq.lock_queue(v_queue_id);
+            PERFORM fifoq.admit(v_queue_id);
+        EXCEPTION WHEN lock_not_available THEN
+            NULL;  -- fifoq.maintain() admits there once the queue is free
+        END;
     END LOOP;
+    PERFORM set_config('lock_timeout', v_caller_timeout, true);
     RETURN v_policy;
 END
 $$;

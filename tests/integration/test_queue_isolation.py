@@ -115,12 +115,20 @@ async def test_a_closing_executor_frees_other_queues_while_one_is_held(
         await scene.maintain_until(scene.in_x, "abandoned", "iso.x swept once released")
 
 
+@pytest.mark.parametrize(
+    "raise_limit",
+    # A raised pack limit, or the pack's policy deleted so that the default's
+    # higher one applies.
+    ["SELECT fifoq.set_policy('iso.*', 2)", "SELECT fifoq.delete_policy('iso.*')"],
+    ids=["set_policy", "delete_policy"],
+)
 async def test_raising_a_pack_limit_admits_in_its_other_queues_while_one_is_held(
-    dsn: str, x_held: psycopg.AsyncConnection[tuple[object, ...]]
+    dsn: str, x_held: psycopg.AsyncConnection[tuple[object, ...]], raise_limit: str
 ) -> None:
-    # set_policy admits into every queue of the pack; the held one is left to
-    # the maintenance pass, once free (sql/0025).
+    # The policy change admits into every queue of the pack; the held one is
+    # left to the maintenance pass, once free (sql/0025).
     async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("SELECT fifoq.set_policy('*', 2)")
         await conn.execute("SELECT fifoq.set_policy('iso.*', 1)")
         second = {}
         for action in ("iso.x", "iso.y"):
@@ -128,7 +136,7 @@ async def test_raising_a_pack_limit_admits_in_its_other_queues_while_one_is_held
             second[action] = await _one(conn, "SELECT id FROM fifoq.enqueue(%s)", action)
         await x_held.execute("SELECT fifoq.enqueue('iso.x')")  # holds iso.x from here
         async with asyncio.timeout(10):  # it used to wait for iso.x's holder
-            await conn.execute("SELECT fifoq.set_policy('iso.*', 2)")
+            await conn.execute(raise_limit)  # type: ignore[arg-type]
         assert await _status(conn, second["iso.y"]) == "active"
         assert await _status(conn, second["iso.x"]) == "queued"
         await x_held.rollback()
