@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import signal
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Annotated, Any
@@ -182,34 +183,36 @@ def stats(
 
     async def forever() -> None:
         throughput = Throughput()
+
+        def frame(rows: list[QueueStats]) -> Table:
+            rates: dict[Any, float] = throughput.update(rows)
+            stamp = datetime.now().astimezone().strftime("%H:%M:%S")
+            return stats_table(rows, rates, title=f"fifoq stats at {stamp} (Ctrl-C to stop)")
+
         async with connect(conninfo, "stats --watch") as qm:
-            if as_json:
+
+            async def every_interval() -> AsyncIterator[list[QueueStats]]:
                 while True:
-                    rows = await fetch(qm, action, group, snapshot=refresh)
-                    print_json([to_jsonable(r) for r in rows], compact=True)
+                    yield await fetch(qm, action, group, snapshot=refresh)
                     await asyncio.sleep(interval)
 
-            def frame(rows: list[QueueStats]) -> Table:
-                rates: dict[Any, float] = throughput.update(rows)
-                stamp = datetime.now().astimezone().strftime("%H:%M:%S")
-                return stats_table(rows, rates, title=f"fifoq stats at {stamp} (Ctrl-C to stop)")
-
+            ticks = every_interval()
+            if as_json:
+                async for rows in ticks:
+                    print_json([to_jsonable(r) for r in rows], compact=True)
             # The first frame exists before Live starts, so even an immediate
             # Ctrl-C leaves a table behind (Live prints its last frame on exit).
-            first = frame(await fetch(qm, action, group, snapshot=refresh))
+            first = frame(await anext(ticks))
             out = console()
             if not out.is_terminal:
                 # Into a file or a pipe: one frame after another, as they come
                 # (Live would keep them back and write only the last).
                 out.print(first)
-                while True:
-                    await asyncio.sleep(interval)
-                    out.print(frame(await fetch(qm, action, group, snapshot=refresh)))
+                async for rows in ticks:
+                    out.print(frame(rows))
                     out.file.flush()
             with Live(first, console=out, auto_refresh=False) as live:
-                while True:
-                    await asyncio.sleep(interval)
-                    rows = await fetch(qm, action, group, snapshot=refresh)
+                async for rows in ticks:
                     live.update(frame(rows), refresh=True)
 
     async def until_stopped() -> None:

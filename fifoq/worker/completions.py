@@ -152,11 +152,14 @@ class CompletionBatcher:
                     self._pump_scheduled = loop.call_later(wait, self._pump)
                     return
             held = set().union(*(queues for queues, _ in self._in_flight.values()))
-            batch = [p for p in self._pending if p[3] not in held][: self._max_batch]
+            batch: list[_Pending] = []
+            waiting: list[_Pending] = []
+            for pending in self._pending:
+                free = pending[3] not in held and len(batch) < self._max_batch
+                (batch if free else waiting).append(pending)
             if not batch:
                 return  # all wait for their queues' statements; sent when those end
-            taken = {id(p) for p in batch}
-            self._pending = [p for p in self._pending if id(p) not in taken]
+            self._pending = waiting
             task = asyncio.create_task(self._send(batch), name="fifoq-completions")
             self._in_flight[task] = (frozenset(p[3] for p in batch), loop.time())
             task.add_done_callback(self._sent)
