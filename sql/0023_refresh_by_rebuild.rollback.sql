@@ -3,6 +3,7 @@
 -- (and the executor role's grant, if there is one).
 
 DROP FUNCTION fifoq.refresh_stats(boolean);
+DROP FUNCTION fifoq.cap_lock_timeout(text);
 
 CREATE FUNCTION fifoq.refresh_stats() RETURNS void
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER

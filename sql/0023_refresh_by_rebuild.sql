@@ -40,11 +40,30 @@
 --   subtransaction: its rollback also restores the caller's lock_timeout.
 --
 -- The function keeps 0005's SECURITY DEFINER and fixed search_path. It has
--- a new signature, so it is a new function: re-granted to the executor role
+-- a new signature, so it is a new function (as is fifoq.cap_lock_timeout,
+-- the lock_timeout rule this and later migrations share): granted to the executor role
 -- if one exists (fifoq/executor_role.sql grants every function of the
 -- schema, for databases whose owner revoked EXECUTE from PUBLIC).
 -- Snapshots taken before a rebuild see the new rows (REFRESH writes them
 -- frozen, like COPY FREEZE): harmless for statistics.
+
+-- Used here and by 0024 and 0025: wait at most so long for a lock, unless
+-- the caller asked for less; the caller's setting comes back to restore it.
+CREATE FUNCTION fifoq.cap_lock_timeout(p_most text) RETURNS text
+LANGUAGE plpgsql VOLATILE
+AS $$
+DECLARE
+    v_caller text := current_setting('lock_timeout');
+BEGIN
+    -- '0' is no timeout at all; the setting reads with its unit ('2s').
+    IF v_caller::interval = interval '0' OR v_caller::interval > p_most::interval THEN
+        PERFORM set_config('lock_timeout', p_most, true);  -- to the transaction's end
+    END IF;
+    RETURN v_caller;
+END
+$$;
+COMMENT ON FUNCTION fifoq.cap_lock_timeout(text) IS
+    'Lowers lock_timeout to p_most (e.g. ''200ms'') for the rest of the transaction unless it is lower already; returns the previous setting, for set_config(''lock_timeout'', previous, true).';
 
 DROP FUNCTION fifoq.refresh_stats();
 
@@ -53,17 +72,14 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER
 SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     IF NOT p_rebuild THEN
         REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
         RETURN;
     END IF;
     BEGIN
-        IF v_caller_timeout::interval = interval '0'
-           OR v_caller_timeout::interval > interval '20 milliseconds' THEN
-            PERFORM set_config('lock_timeout', '20ms', true);
-        END IF;
+        v_caller_timeout := fifoq.cap_lock_timeout('20ms');
         REFRESH MATERIALIZED VIEW fifoq.queue_stats;
         PERFORM set_config('lock_timeout', v_caller_timeout, true);
     EXCEPTION WHEN lock_not_available THEN
@@ -83,6 +99,7 @@ DO $$
 BEGIN
     IF EXISTS (SELECT FROM pg_roles WHERE rolname = 'fifoq_executor') THEN
         GRANT EXECUTE ON FUNCTION fifoq.refresh_stats(boolean) TO fifoq_executor;
+        GRANT EXECUTE ON FUNCTION fifoq.cap_lock_timeout(text) TO fifoq_executor;
     END IF;
 END
 $$;

@@ -81,16 +81,13 @@ LANGUAGE plpgsql VOLATILE
 AS $$
 DECLARE
     v_abandoned      integer;
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'closed'
     WHERE id = p_executor AND ended_at IS NULL;
     -- Wait at most 200 ms for each queue (or the caller's lock_timeout, if
     -- shorter): a queue held longer is left to the sweep (see the header).
-    IF v_caller_timeout::interval = interval '0'
-       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
-        PERFORM set_config('lock_timeout', '200ms', true);
-    END IF;
+    v_caller_timeout := fifoq.cap_lock_timeout('200ms');
     v_abandoned := fifoq.abandon_owned(p_executor);
     PERFORM set_config('lock_timeout', v_caller_timeout, true);
     RETURN v_abandoned;

@@ -34,7 +34,7 @@ AS $$
 DECLARE
     v_policy         fifoq.policies;
     v_queue_id       integer;
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
@@ -84,10 +84,7 @@ BEGIN
     -- every queue this policy governs, locking queues in id order. A queue
     -- whose lock does not come within 200 ms (or the caller's lock_timeout,
     -- if shorter) is skipped: see the header.
-    IF v_caller_timeout::interval = interval '0'
-       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
-        PERFORM set_config('lock_timeout', '200ms', true);
-    END IF;
+    v_caller_timeout := fifoq.cap_lock_timeout('200ms');
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0 AND (fifoq.policy_for(q.action)).action = p_action
@@ -111,7 +108,7 @@ AS $$
 DECLARE
     v_policy         fifoq.policies;
     v_queue_id       integer;
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
@@ -126,10 +123,7 @@ BEGIN
     END IF;
 
     -- Queue by queue, each lock awaited at most 200 ms, as in set_policy.
-    IF v_caller_timeout::interval = interval '0'
-       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
-        PERFORM set_config('lock_timeout', '200ms', true);
-    END IF;
+    v_caller_timeout := fifoq.cap_lock_timeout('200ms');
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0

@@ -352,6 +352,32 @@ COMMENT ON FUNCTION fifoq.cancel_deferred(p_id bigint) IS 'fifoq.cancel committe
 
 
 --
+-- Name: cap_lock_timeout(text); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.cap_lock_timeout(p_most text) RETURNS text
+    LANGUAGE plpgsql
+    AS $$
+DECLARE
+    v_caller text := current_setting('lock_timeout');
+BEGIN
+    -- '0' is no timeout at all; the setting reads with its unit ('2s').
+    IF v_caller::interval = interval '0' OR v_caller::interval > p_most::interval THEN
+        PERFORM set_config('lock_timeout', p_most, true);  -- to the transaction's end
+    END IF;
+    RETURN v_caller;
+END
+$$;
+
+
+--
+-- Name: FUNCTION cap_lock_timeout(p_most text); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.cap_lock_timeout(p_most text) IS 'Lowers lock_timeout to p_most (e.g. ''200ms'') for the rest of the transaction unless it is lower already; returns the previous setting, for set_config(''lock_timeout'', previous, true).';
+
+
+--
 -- Name: check_names(); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -1252,7 +1278,7 @@ CREATE FUNCTION fifoq.delete_policy(p_action text) RETURNS fifoq.policies
 DECLARE
     v_policy         fifoq.policies;
     v_queue_id       integer;
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
@@ -1267,10 +1293,7 @@ BEGIN
     END IF;
 
     -- Queue by queue, each lock awaited at most 200 ms, as in set_policy.
-    IF v_caller_timeout::interval = interval '0'
-       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
-        PERFORM set_config('lock_timeout', '200ms', true);
-    END IF;
+    v_caller_timeout := fifoq.cap_lock_timeout('200ms');
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0
@@ -2211,17 +2234,14 @@ CREATE FUNCTION fifoq.refresh_stats(p_rebuild boolean DEFAULT false) RETURNS voi
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     IF NOT p_rebuild THEN
         REFRESH MATERIALIZED VIEW CONCURRENTLY fifoq.queue_stats;
         RETURN;
     END IF;
     BEGIN
-        IF v_caller_timeout::interval = interval '0'
-           OR v_caller_timeout::interval > interval '20 milliseconds' THEN
-            PERFORM set_config('lock_timeout', '20ms', true);
-        END IF;
+        v_caller_timeout := fifoq.cap_lock_timeout('20ms');
         REFRESH MATERIALIZED VIEW fifoq.queue_stats;
         PERFORM set_config('lock_timeout', v_caller_timeout, true);
     EXCEPTION WHEN lock_not_available THEN
@@ -2270,7 +2290,7 @@ CREATE FUNCTION fifoq.set_policy(p_action text, p_max_concurrent integer, p_max_
 DECLARE
     v_policy         fifoq.policies;
     v_queue_id       integer;
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
@@ -2320,10 +2340,7 @@ BEGIN
     -- every queue this policy governs, locking queues in id order. A queue
     -- whose lock does not come within 200 ms (or the caller's lock_timeout,
     -- if shorter) is skipped: see the header.
-    IF v_caller_timeout::interval = interval '0'
-       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
-        PERFORM set_config('lock_timeout', '200ms', true);
-    END IF;
+    v_caller_timeout := fifoq.cap_lock_timeout('200ms');
     FOR v_queue_id IN
         SELECT q.id FROM fifoq.queues q
         WHERE q.queued_count > 0 AND (fifoq.policy_for(q.action)).action = p_action
@@ -2430,16 +2447,13 @@ CREATE FUNCTION fifoq.unregister_executor(p_executor bigint) RETURNS integer
     AS $$
 DECLARE
     v_abandoned      integer;
-    v_caller_timeout text := current_setting('lock_timeout');
+    v_caller_timeout text;
 BEGIN
     UPDATE fifoq.executors SET ended_at = clock_timestamp(), end_reason = 'closed'
     WHERE id = p_executor AND ended_at IS NULL;
     -- Wait at most 200 ms for each queue (or the caller's lock_timeout, if
     -- shorter): a queue held longer is left to the sweep (see the header).
-    IF v_caller_timeout::interval = interval '0'
-       OR v_caller_timeout::interval > interval '200 milliseconds' THEN
-        PERFORM set_config('lock_timeout', '200ms', true);
-    END IF;
+    v_caller_timeout := fifoq.cap_lock_timeout('200ms');
     v_abandoned := fifoq.abandon_owned(p_executor);
     PERFORM set_config('lock_timeout', v_caller_timeout, true);
     RETURN v_abandoned;
