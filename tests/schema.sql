@@ -66,6 +66,7 @@ DECLARE
     v_queued   integer;
     v_active   integer;
     v_total    integer := 0;
+    v_skipped  boolean := false;
 BEGIN
     -- One queue at a time, in ascending id order (the deadlock-free order),
     -- each in a subtransaction of its own: see the header.
@@ -100,9 +101,16 @@ BEGIN
             -- lock_timeout (say, a client that enqueued into it and has not
             -- committed): its executions here stay for fifoq.maintain()'s
             -- sweep; the other queues are freed now.
-            NULL;
+            v_skipped := true;
         END;
     END LOOP;
+    -- Mark an ended executor that left something behind, so that the sweep
+    -- comes back for it however long the queue stays held; clear the mark
+    -- once nothing is left. Written only when it changes: normally never.
+    -- A live executor (an operator's call) is never marked: its new work
+    -- is no leftover.
+    UPDATE fifoq.executors x SET leftovers = v_skipped
+    WHERE x.id = p_executor AND x.ended_at IS NOT NULL AND x.leftovers <> v_skipped;
     RETURN v_total;
 END
 $$;
@@ -112,7 +120,7 @@ $$;
 -- Name: FUNCTION abandon_owned(p_executor bigint); Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON FUNCTION fifoq.abandon_owned(p_executor bigint) IS 'Marks every queued or active execution of an executor abandoned, frees the slots and admits the next.';
+COMMENT ON FUNCTION fifoq.abandon_owned(p_executor bigint) IS 'Marks every queued or active execution of an executor abandoned, frees the slots and admits the next, queue by queue; a queue held past lock_timeout is skipped and the ended executor marked (leftovers) for fifoq.maintain''s sweep.';
 
 
 --
@@ -1938,25 +1946,33 @@ BEGIN
     --     execution given to an executor in the instant it was being reaped
     --     or closed (the owner check of executions_owner_alive reads the
     --     executor row without a lock, so such an insert can commit just
-    --     after the reaper looked), and a reaping cut short by lock_timeout.
+    --     after the reaper looked). And, however long ago they ended, the
+    --     executors whose abandoning skipped a queue another transaction
+    --     held (fifoq.executors.leftovers, set and cleared by
+    --     fifoq.abandon_owned; sql/0026).
     FOR v_executor IN
-        SELECT x.id FROM fifoq.executors x
-        -- v_now, not clock_timestamp(): a volatile bound is no index
-        -- condition, so every executor that ever ended was read, however
-        -- long ago; compared with the variable it is a range of
-        -- executors_ended. The ten minutes count from the pass's start.
-        -- In order of ending (each executor is swept on its own, so any
-        -- order will do), the index's order, and a LATERAL probe of
-        -- executions_owned per executor rather than EXISTS (which may become
-        -- a merge join along executors_pkey): so the generic plan that
-        -- plpgsql may cache keeps to that range too.
-        CROSS JOIN LATERAL (
-            SELECT FROM fifoq.executions e
-            WHERE e.owner = x.id AND e.status IN ('queued', 'active')
-            LIMIT 1
-        ) owned
-        WHERE x.ended_at > v_now - interval '10 minutes'
-        ORDER BY x.ended_at, x.id
+        (SELECT x.id FROM fifoq.executors x
+         -- v_now, not clock_timestamp(): a volatile bound is no index
+         -- condition, so every executor that ever ended was read, however
+         -- long ago; compared with the variable it is a range of
+         -- executors_ended. The ten minutes count from the pass's start.
+         -- In order of ending (each executor is swept on its own, so any
+         -- order will do), the index's order, and a LATERAL probe of
+         -- executions_owned per executor rather than EXISTS (which may
+         -- become a merge join along executors_pkey): so the generic plan
+         -- that plpgsql may cache keeps to that range too.
+         CROSS JOIN LATERAL (
+             SELECT FROM fifoq.executions e
+             WHERE e.owner = x.id AND e.status IN ('queued', 'active')
+             LIMIT 1
+         ) owned
+         WHERE x.ended_at > v_now - interval '10 minutes'
+         ORDER BY x.ended_at, x.id)
+        UNION
+        -- executors_leftovers: empty unless a queue was held. No probe of
+        -- what they own: abandon_owned clears the mark once nothing is
+        -- left, also when the leftovers ended otherwise (cancelled, say).
+        (SELECT x.id FROM fifoq.executors x WHERE x.leftovers)
     LOOP
         BEGIN
             v_abandoned := v_abandoned + fifoq.abandon_owned(v_executor);
@@ -2639,6 +2655,7 @@ CREATE TABLE fifoq.executors (
     heartbeat_at timestamp with time zone DEFAULT clock_timestamp() NOT NULL,
     ended_at timestamp with time zone,
     end_reason text,
+    leftovers boolean DEFAULT false NOT NULL,
     CONSTRAINT executors_lease_positive CHECK ((lease > (0)::double precision))
 );
 
@@ -2711,6 +2728,13 @@ COMMENT ON COLUMN fifoq.executors.ended_at IS 'When it closed or was reaped; NUL
 --
 
 COMMENT ON COLUMN fifoq.executors.end_reason IS 'closed, or lease expired (reaped by the others); NULL while alive.';
+
+
+--
+-- Name: COLUMN executors.leftovers; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON COLUMN fifoq.executors.leftovers IS 'Ended, but fifoq.abandon_owned skipped a queue another transaction held: fifoq.maintain sweeps it until nothing it owned is left queued or active.';
 
 
 --
@@ -3187,6 +3211,20 @@ CREATE INDEX executors_ended ON fifoq.executors USING btree (ended_at) WHERE (en
 --
 
 COMMENT ON INDEX fifoq.executors_ended IS 'Recently ended executors (the maintenance sweep of what they still own).';
+
+
+--
+-- Name: executors_leftovers; Type: INDEX; Schema: fifoq; Owner: -
+--
+
+CREATE INDEX executors_leftovers ON fifoq.executors USING btree (id) WHERE leftovers;
+
+
+--
+-- Name: INDEX executors_leftovers; Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON INDEX fifoq.executors_leftovers IS 'Ended executors with executions left in a held queue (maintain''s sweep); normally empty.';
 
 
 --

@@ -115,6 +115,29 @@ async def test_a_closing_executor_frees_other_queues_while_one_is_held(
         await scene.maintain_until(scene.in_x, "abandoned", "iso.x swept once released")
 
 
+async def test_what_an_executor_left_in_a_held_queue_is_swept_however_long_it_was_held(
+    dsn: str, x_held: psycopg.AsyncConnection[tuple[object, ...]]
+) -> None:
+    # The sweep once looked only at executors ended in the last ten minutes:
+    # a queue held longer kept the dead executor's slot taken for good
+    # (sql/0026). The ended_at moved back stands for the time held.
+    async with _scene(dsn, lease=60) as scene:
+        await x_held.execute("SELECT fifoq.enqueue('iso.x')")  # holds iso.x from here
+        await scene.conn.execute("SELECT fifoq.unregister_executor(%s)", (scene.executor,))
+        await scene.conn.execute(
+            "UPDATE fifoq.executors SET ended_at = ended_at - interval '1 hour' WHERE id = %s",
+            (scene.executor,),
+        )
+        await scene.conn.execute("SELECT fifoq.maintain()")
+        assert await scene.status(scene.in_x) == "active"  # still held
+        await x_held.rollback()
+        await scene.maintain_until(scene.in_x, "abandoned", "iso.x swept an hour later")
+        marked = await _one(
+            scene.conn, "SELECT count(*) FROM fifoq.executors WHERE leftovers"
+        )
+        assert marked == 0, "the executor stays marked after its leftovers were swept"
+
+
 @pytest.mark.parametrize(
     "raise_limit",
     # A raised pack limit, or the pack's policy deleted so that the default's

@@ -221,6 +221,8 @@ def test_maintain_sweep_reads_only_recently_ended_executors(
 ) -> None:
     """Step 2b of fifoq.maintain finds executors ended in the last ten minutes by a range.
 
+    The executors marked with leftovers come from their partial index.
+
     Bounded by clock_timestamp() (volatile), "ended in the last ten
     minutes" was no index condition: every executor that ever ended was
     read, through executors_ended or executors_pkey, on every pass.
@@ -244,6 +246,10 @@ def test_maintain_sweep_reads_only_recently_ended_executors(
         assert any(s[2] == "executors_ended" and "ended_at >" in s[3] for s in executors), (
             f"maintain's sweep reads every ended executor: {executors}: "
             f"{_normal(plan['Query Text'])[:160]}"
+        )
+        # and the executors marked with leftovers (sql/0026) by their partial index
+        assert any(s[2] == "executors_leftovers" for s in executors), (
+            f"maintain's sweep reads executors for the leftovers mark: {executors}"
         )
 
 
