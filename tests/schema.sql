@@ -2904,6 +2904,8 @@ CREATE MATERIALIZED VIEW fifoq.queue_stats AS
     queue_stats_live.last_updated
    FROM fifoq.queue_stats_live
   WITH NO DATA;
+ALTER TABLE ONLY fifoq.queue_stats ALTER COLUMN action SET STORAGE PLAIN;
+ALTER TABLE ONLY fifoq.queue_stats ALTER COLUMN "group" SET STORAGE PLAIN;
 
 
 --

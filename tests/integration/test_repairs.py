@@ -101,6 +101,25 @@ async def test_a_plain_sql_refresh_keeps_readers_reading_until_its_caller_commit
         await caller.commit()
 
 
+async def test_the_snapshot_has_no_toast_table_and_holds_the_longest_names(
+    qm: QueueManager, dsn: str
+) -> None:
+    # Its names are stored inline (sql/0027): a TOAST table, with an index of
+    # its own, was built anew by every rebuild for nothing. The longest names
+    # (255 characters of 4 bytes) still fit, rebuilt and CONCURRENTLY.
+    action, group = "\U0001f680" * 255, "\U0001f4e6" * 255
+    await qm.enqueue(action, group=group)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        for refresh in ("SELECT fifoq.refresh_stats(true)", "SELECT fifoq.refresh_stats()"):
+            await conn.execute(refresh)  # type: ignore[arg-type]
+            cur = await conn.execute(
+                "SELECT reltoastrelid = 0 FROM pg_class WHERE oid = 'fifoq.queue_stats'::regclass"
+            )
+            assert await cur.fetchone() == (True,), f"a TOAST table after {refresh}"
+    (stats,) = await qm.snapshot_stats()
+    assert (stats.action, stats.group, stats.total_enqueued) == (action, group, 1)
+
+
 async def test_maintain_abandons_what_an_already_ended_executor_still_owns(dsn: str) -> None:
     # An execution given to an executor in the instant it was reaped (the
     # owner check reads the executor row without a lock) would hold its slot
