@@ -132,9 +132,7 @@ async def test_what_an_executor_left_in_a_held_queue_is_swept_however_long_it_wa
         assert await scene.status(scene.in_x) == "active"  # still held
         await x_held.rollback()
         await scene.maintain_until(scene.in_x, "abandoned", "iso.x swept an hour later")
-        marked = await _one(
-            scene.conn, "SELECT count(*) FROM fifoq.executors WHERE leftovers"
-        )
+        marked = await _one(scene.conn, "SELECT count(*) FROM fifoq.executors WHERE leftovers")
         assert marked == 0, "the executor stays marked after its leftovers were swept"
 
 
