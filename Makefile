@@ -36,11 +36,14 @@ format: install ## apply ruff's fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# `make bench` and `make demo` always use a throwaway server, as the README
+# says: an exported FIFOQ_DSN (say, the application's database) is ignored
+# here. `fifoq bench --dsn` / `fifoq demo --dsn` run against a server of yours.
 bench: install ## run the benchmarks against an embedded PostgreSQL
-	$(BIN)/fifoq bench
+	env -u FIFOQ_DSN $(BIN)/fifoq bench
 
 demo: install ## run the demo against an embedded PostgreSQL
-	$(BIN)/fifoq demo
+	env -u FIFOQ_DSN $(BIN)/fifoq demo
 
 soak: install ## run the long soak tests
 	$(BIN)/pytest -m soak $(PYTEST_ARGS)

@@ -587,6 +587,19 @@ class QueueManager:
         )
         return bool(rows[0]["cancelled"])
 
+    async def time_out(self, execution_id: int) -> Execution:
+        """Give up on a waiting execution: mark it ``timed_out`` and return it.
+
+        What ``wait_started`` does when its ``timeout`` runs out, for a caller
+        that waits without owning the execution (``fifoq enqueue --wait
+        --timeout``). An execution that is no longer queued (it started, or
+        ended) is returned unchanged; ``UnknownExecution`` if there is none.
+        """
+        execution_id = check_execution_id(execution_id)
+        return Execution.from_row(
+            await self._db.change_one(query("time_out"), {"id": execution_id})
+        )
+
     async def get(self, execution_id: int) -> Execution:
         """The execution with this id; ``UnknownExecution`` if there is none."""
         execution_id = check_execution_id(execution_id)

@@ -60,15 +60,21 @@ async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | 
 
     Taking ownership (``wait_started``) would abandon it when this command
     exits; the CLI leaves it for a worker or a later ``fifoq complete``.
+    When ``timeout`` runs out it gives up as ``wait_started`` does: the
+    execution is ended ``timed_out`` (unless it started meanwhile), so it
+    never takes a slot later that nobody would use.
     """
     deadline = None if timeout is None else time.monotonic() + timeout
     delay = 0.02
     while execution.status is Status.QUEUED:
         if deadline is not None and time.monotonic() >= deadline:
-            raise QueueTimeout(
-                f"execution {execution.id} of action {execution.action!r} did not start within "
-                f"{timeout:g} s; it is still queued (`fifoq cancel {execution.id}` withdraws it)"
-            )
+            execution = await qm.time_out(execution.id)
+            if execution.status is Status.TIMED_OUT:
+                raise QueueTimeout(
+                    f"execution {execution.id} of action {execution.action!r} did not start "
+                    f"within {timeout:g} s; it was withdrawn (timed_out)"
+                )
+            break  # it started, or ended, meanwhile: say which below
         await asyncio.sleep(delay)
         delay = min(delay * 1.5, 0.25)
         execution = await qm.get(execution.id)
@@ -114,12 +120,18 @@ def enqueue(
     ] = None,
     wait: Annotated[
         bool,
-        typer.Option("--wait", help="Wait until the execution is active (holds a slot)."),
+        typer.Option(
+            "--wait",
+            help="Wait until the execution is active (holds a slot); Ctrl-C cancels it.",
+        ),
     ] = False,
     timeout: Annotated[
         str | None,
         typer.Option(
-            "--timeout", metavar="S", help="With --wait: give up after S seconds (exit 1)."
+            "--timeout",
+            metavar="S",
+            help="With --wait: give up after S seconds (exit 1); the execution is then "
+            "timed out, unless it started meanwhile.",
         ),
     ] = None,
     quiet: Annotated[
@@ -160,10 +172,14 @@ def enqueue(
                     )
                 try:
                     execution = await _wait_active(qm, execution, wait_timeout)
-                except asyncio.CancelledError:  # Ctrl-C: the execution stays
+                except asyncio.CancelledError:
+                    # Ctrl-C: the caller gave up waiting, and its execution
+                    # goes with it, as when enqueue_and_wait is cancelled;
+                    # left queued, it would later take a slot nobody uses.
+                    withdrawn = await qm.cancel(execution.id)
                     typer.echo(
-                        f"execution {execution.id} is still queued; "
-                        f"`fifoq cancel {execution.id}` withdraws it",
+                        f"interrupted: execution {execution.id} "
+                        + ("cancelled" if withdrawn else "had already ended"),
                         err=True,
                     )
                     raise

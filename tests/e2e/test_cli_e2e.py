@@ -508,9 +508,10 @@ async def test_enqueue_wait_returns_once_admitted_without_owning_it(dsn: str) ->
         assert (await qm.get(execution["id"])).status is Status.ACTIVE
 
 
-async def test_enqueue_wait_interrupted_says_the_execution_is_still_queued(dsn: str) -> None:
-    # The CLI never owns what it enqueues: Ctrl-C leaves it queued, and the
-    # user is told so, and how to withdraw it.
+async def test_enqueue_wait_interrupted_cancels_the_execution(dsn: str) -> None:
+    # The CLI never owns what it enqueues, so nothing would end it: left
+    # queued, it would later take a slot nobody uses. Ctrl-C cancels it, as
+    # cancelling enqueue_and_wait does, and says so.
     async with QueueManager.connect(dsn) as qm:
         await qm.set_policy("cli.interrupted", max_concurrent=1)
         await qm.enqueue("cli.interrupted")
@@ -523,17 +524,33 @@ async def test_enqueue_wait_interrupted_says_the_execution_is_still_queued(dsn: 
         ) as proc:
             try:
                 errors = _reader(proc.stderr)
-                assert "waiting..." in errors.get(timeout=30)
+                waiting_line = errors.get(timeout=30)
+                assert "waiting..." in waiting_line
                 proc.send_signal(signal.SIGINT)
                 assert proc.wait(30) == 130
             finally:
                 if proc.poll() is None:
                     proc.kill()
-        waiting = (await qm.list_executions("cli.interrupted"))[-1]
-        assert waiting.status is Status.QUEUED
-        assert errors.get(timeout=5).strip() == (
-            f"execution {waiting.id} is still queued; `fifoq cancel {waiting.id}` withdraws it"
+        waiting_id = int(waiting_line.split()[1])
+        assert (await qm.get(waiting_id)).status is Status.CANCELLED
+        assert errors.get(timeout=5).strip() == f"interrupted: execution {waiting_id} cancelled"
+
+
+async def test_enqueue_wait_timeout_times_the_execution_out(dsn: str) -> None:
+    # As wait_started's timeout does: it never takes the slot later.
+    async with QueueManager.connect(dsn) as qm:
+        await qm.set_policy("cli.gave_up", max_concurrent=1)
+        blocker = await qm.enqueue("cli.gave_up")
+        result = await asyncio.to_thread(
+            run_cli, "enqueue", "cli.gave_up", "--wait", "--timeout", "0.5", "-q", "--dsn", dsn
         )
+        assert result.returncode == 1
+        message = one_line_error(result)
+        assert message.endswith("did not start within 0.5 s; it was withdrawn (timed_out)")
+        gave_up = int(message.split()[3])
+        assert (await qm.get(gave_up)).status is Status.TIMED_OUT
+        await qm.complete(blocker.id)
+        assert (await qm.stats("cli.gave_up")).active_count == 0
 
 
 async def _wait_for_admission(

@@ -17,6 +17,7 @@ from fifoq import (
     Outcome,
     QueueManager,
     Status,
+    UnknownExecution,
 )
 
 
@@ -58,6 +59,25 @@ async def test_an_error_makes_it_failed(qm: QueueManager) -> None:
     assert (failed.status, failed.error, failed.result) == (Status.FAILED, "boom: it broke", None)
     stats = await qm.stats("api.fail")
     assert (stats.total_completed, stats.total_failed) == (1, 1)
+
+
+async def test_time_out_ends_a_waiting_execution_and_leaves_a_started_one(
+    qm: QueueManager,
+) -> None:
+    # What a waiter without ownership (fifoq enqueue --wait --timeout) does
+    # when it gives up: the execution never takes the slot later.
+    await qm.set_policy("api.gave_up", max_concurrent=1)
+    running = await qm.enqueue("api.gave_up")
+    waiting = await qm.enqueue("api.gave_up")
+    given_up = await qm.time_out(waiting.id)
+    assert given_up.status is Status.TIMED_OUT and given_up.finished_at is not None
+    assert await qm.time_out(running.id) == running  # started: unchanged
+    assert (await qm.time_out(waiting.id)).status is Status.TIMED_OUT  # again: a no-op
+    await qm.complete(running.id)
+    stats = await qm.stats("api.gave_up")
+    assert (stats.active_count, stats.queue_length, stats.total_timed_out) == (0, 0, 1)
+    with pytest.raises(UnknownExecution):
+        await qm.time_out(10**12)
 
 
 async def test_stats_of_a_queue_never_used_are_zero_with_the_policy_limit(
