@@ -742,7 +742,7 @@ COMMENT ON COLUMN fifoq.execution_details.action IS 'Action of its queue.';
 -- Name: COLUMN execution_details."group"; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON COLUMN fifoq.execution_details."group" IS 'Group of its queue; NULL for the default group.';
+COMMENT ON COLUMN fifoq.execution_details."group" IS 'Group of its queue; '''' (empty) for the action''s default group (the Python API reports None).';
 
 
 --
@@ -2804,7 +2804,7 @@ COMMENT ON COLUMN fifoq.queue_stats_live.action IS 'Action of the queue.';
 -- Name: COLUMN queue_stats_live."group"; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON COLUMN fifoq.queue_stats_live."group" IS 'Group of the queue; NULL for the default group.';
+COMMENT ON COLUMN fifoq.queue_stats_live."group" IS 'Group of the queue; '''' (empty) for the action''s default group (the Python API reports None).';
 
 
 --
@@ -2926,7 +2926,7 @@ COMMENT ON COLUMN fifoq.queue_stats.action IS 'Action of the queue.';
 -- Name: COLUMN queue_stats."group"; Type: COMMENT; Schema: fifoq; Owner: -
 --
 
-COMMENT ON COLUMN fifoq.queue_stats."group" IS 'Group of the queue; NULL for the default group.';
+COMMENT ON COLUMN fifoq.queue_stats."group" IS 'Group of the queue; '''' (empty) for the action''s default group (the Python API reports None).';
 
 
 --

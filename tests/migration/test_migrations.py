@@ -357,6 +357,27 @@ def test_every_column_of_fifoqs_own_tables_and_views_has_a_comment(empty_dsn: st
     assert not bare, f"columns without COMMENT ON: {[name for (name,) in bare]}"
 
 
+def test_the_group_columns_comments_say_what_the_default_group_reads(dsn: str) -> None:
+    """A comment said NULL where the views show '' (sql/0028): `IS NULL` found nothing."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT fifoq.enqueue('doc.default')")
+        conn.execute("SELECT fifoq.refresh_stats()")
+        for view in ("execution_details", "queue_stats_live", "queue_stats"):
+            row = conn.execute(
+                f'SELECT "group" FROM fifoq.{view} WHERE action = %s',  # type: ignore[arg-type]
+                ("doc.default",),
+            ).fetchone()
+            assert row == ("",), view
+            comment = conn.execute(
+                "SELECT col_description(a.attrelid, a.attnum) FROM pg_attribute a"
+                " WHERE a.attrelid = %s::regclass AND a.attname = 'group'",
+                (f"fifoq.{view}",),
+            ).fetchone()
+            assert comment is not None and "'' (empty) for the action's default group" in str(
+                comment[0]
+            ), f"fifoq.{view}.group: {comment}"
+
+
 @pytest.mark.parametrize("register", [True, False], ids=["executor", "plain client"])
 async def test_the_api_on_an_unmigrated_database_says_to_migrate(
     empty_dsn: str, register: bool
