@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import psycopg
+import psycopg_pool
 
 __all__ = [
     "ExecutionAbandoned",
@@ -167,6 +168,12 @@ def wrap_database_errors() -> Iterator[None]:
     """Re-raise the database errors of fifoq's SQL functions as fifoq errors, cause kept."""
     try:
         yield
+    except psycopg_pool.PoolClosed as exc:
+        # A call after close(): the caller catches FifoqError, not psycopg_pool's.
+        raise FifoqError(
+            "this QueueManager is closed (or the pool it was given is): its connection pool "
+            "is closed"
+        ) from exc
     except psycopg.Error as exc:
         mapped = error_from_database(exc)
         if mapped is None:

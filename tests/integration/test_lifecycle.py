@@ -13,6 +13,7 @@ from helpers import assert_fifo_and_limit, fetch_rows, wait_until
 
 from fifoq import (
     ExecutionCancelled,
+    FifoqError,
     QueueFull,
     QueueManager,
     QueueTimeout,
@@ -166,3 +167,18 @@ async def test_started_at_never_decreases_as_seq_grows(qm: QueueManager, dsn: st
     assert all(s is not None for s in started)
     assert started == sorted(started)  # type: ignore[type-var]
     assert_fifo_and_limit(rows, 3)
+
+
+@pytest.mark.parametrize("register", [True, False], ids=["executor", "plain client"])
+async def test_a_call_after_close_raises_a_fifoq_error(dsn: str, register: bool) -> None:
+    # Not psycopg_pool's PoolClosed: a caller catching FifoqError catches it.
+    async with QueueManager.connect(dsn, register_executor=register) as qm:
+        ex = await qm.enqueue("life.closed")
+    for call in (
+        lambda: qm.get(ex.id),
+        lambda: qm.enqueue("life.closed"),
+        lambda: qm.stats("life.closed"),
+        lambda: qm.cancel(ex.id),
+    ):
+        with pytest.raises(FifoqError, match="closed"):
+            await call()
