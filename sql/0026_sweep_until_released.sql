@@ -15,6 +15,9 @@
 -- skips a queue, and clears the mark when a later call finds nothing left;
 -- the sweep takes the marked executors as well as the recently ended ones.
 --
+-- A marked executor is swept with a 2 ms lock wait per queue, not 200 ms:
+-- its queue may still be held, and every pass would wait for it again.
+--
 -- Cost: none on the hot path. The column has a constant default (no table
 -- rewrite); the partial index holds only marked executors, normally none;
 -- the mark is written only when it changes.
@@ -27,6 +30,14 @@ COMMENT ON COLUMN fifoq.executors.leftovers IS
 CREATE INDEX executors_leftovers ON fifoq.executors (id) WHERE leftovers;
 COMMENT ON INDEX fifoq.executors_leftovers IS
     'Ended executors with executions left in a held queue (maintain''s sweep); normally empty.';
+
+-- The executors that ended before this migration and still own queued or
+-- active executions: the ones the ten-minute window already missed. Marked,
+-- so that the first pass sweeps them.
+UPDATE fifoq.executors x SET leftovers = true
+WHERE x.ended_at IS NOT NULL
+  AND EXISTS (SELECT FROM fifoq.executions e
+              WHERE e.owner = x.id AND e.status IN ('queued', 'active'));
 
 CREATE OR REPLACE FUNCTION fifoq.abandon_owned(p_executor bigint) RETURNS integer
 LANGUAGE plpgsql VOLATILE
@@ -97,6 +108,7 @@ AS $$
 DECLARE
     v_queue_id  integer;
     v_executor  bigint;
+    v_marked    boolean;
     v_timed_out integer := 0;
     v_reaped    integer := 0;
     v_abandoned integer := 0;
@@ -173,8 +185,8 @@ BEGIN
     --     executors whose abandoning skipped a queue another transaction
     --     held (fifoq.executors.leftovers, set and cleared by
     --     fifoq.abandon_owned; sql/0026).
-    FOR v_executor IN
-        (SELECT x.id FROM fifoq.executors x
+    FOR v_executor, v_marked IN
+        (SELECT x.id, false FROM fifoq.executors x
          -- v_now, not clock_timestamp(): a volatile bound is no index
          -- condition, so every executor that ever ended was read, however
          -- long ago; compared with the variable it is a range of
@@ -190,19 +202,27 @@ BEGIN
              LIMIT 1
          ) owned
          WHERE x.ended_at > v_now - interval '10 minutes'
+           AND NOT x.leftovers  -- the marked ones come below, with a short wait
          ORDER BY x.ended_at, x.id)
         UNION
         -- executors_leftovers: empty unless a queue was held. No probe of
         -- what they own: abandon_owned clears the mark once nothing is
         -- left, also when the leftovers ended otherwise (cancelled, say).
-        (SELECT x.id FROM fifoq.executors x WHERE x.leftovers)
+        (SELECT x.id, true FROM fifoq.executors x WHERE x.leftovers)
     LOOP
+        -- A marked executor's queue was held a moment ago and may still be:
+        -- wait 2 ms for each of its queues' locks, not 200 (the mark brings
+        -- it back next pass). Else a queue held for long would slow every
+        -- pass by 200 ms per marked executor, and with it step 3 and the
+        -- next pass's timeouts (a review: 6 marked, 1.2 s per pass).
+        PERFORM set_config('lock_timeout', CASE WHEN v_marked THEN '2ms' ELSE '200ms' END, true);
         BEGIN
             v_abandoned := v_abandoned + fifoq.abandon_owned(v_executor);
         EXCEPTION WHEN lock_not_available THEN
             NULL;
         END;
     END LOOP;
+    PERFORM set_config('lock_timeout', '200ms', true);
 
     -- 3. Work conservation: admit wherever a queue has waiters and a free
     --    slot. Normally nothing is found; this repairs what an aborted

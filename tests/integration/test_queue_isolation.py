@@ -9,6 +9,7 @@ at once; X's share waits for X (sql/0024, sql/0025).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -134,6 +135,35 @@ async def test_what_an_executor_left_in_a_held_queue_is_swept_however_long_it_wa
         await scene.maintain_until(scene.in_x, "abandoned", "iso.x swept an hour later")
         marked = await _one(scene.conn, "SELECT count(*) FROM fifoq.executors WHERE leftovers")
         assert marked == 0, "the executor stays marked after its leftovers were swept"
+
+
+async def test_executors_marked_in_a_held_queue_do_not_slow_every_pass(
+    dsn: str, x_held: psycopg.AsyncConnection[tuple[object, ...]]
+) -> None:
+    # Each pass retries the marked executors while their queue stays held.
+    # Waiting maintain's usual 200 ms for each one's lock made a pass with 10
+    # of them take 2 s, and with it every queue's timeouts and repairs; a
+    # marked one gets 2 ms (sql/0026).
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        await conn.execute("SELECT fifoq.set_policy('iso.x', 100)")
+        executors = []
+        for n in range(10):
+            executor = await _one(
+                conn, "SELECT fifoq.register_executor(%s, 'h', 1, 60)", f"marked-{n}"
+            )
+            await conn.execute("SELECT fifoq.enqueue('iso.x', NULL, NULL, %s)", (executor,))
+            executors.append(executor)
+        await x_held.execute("SELECT fifoq.enqueue('iso.x')")  # holds iso.x from here
+        for executor in executors:
+            await conn.execute("SELECT fifoq.unregister_executor(%s)", (executor,))
+        marked = "SELECT count(*) FROM fifoq.executors WHERE leftovers"
+        assert await _one(conn, marked) == 10
+        started = time.monotonic()
+        await conn.execute("SELECT fifoq.maintain()")
+        assert time.monotonic() - started < 1.0, "the pass waited for the held queue's lock"
+        await x_held.rollback()
+        await conn.execute("SELECT fifoq.maintain()")
+        assert await _one(conn, marked) == 0
 
 
 @pytest.mark.parametrize(

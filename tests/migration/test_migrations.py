@@ -258,6 +258,37 @@ def test_upgrade_to_0012_starts_each_line_at_its_first_waiter(empty_dsn: str) ->
         assert row == (3,)
 
 
+def test_upgrade_to_0026_sweeps_what_ended_executors_left_long_ago(empty_dsn: str) -> None:
+    """An executor that ended over ten minutes before 0026, still owning work, is swept after it.
+
+    Before 0026 the sweep looked only at the last ten minutes, so its slot
+    stayed taken for good; 0026 marks such executors when it is applied.
+    """
+    _migrate_through(empty_dsn, "0025_policy_admission_skips_held_queues")
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("SELECT fifoq.set_policy('up.left', 1)")
+        executor = conn.execute("SELECT fifoq.register_executor('old', 'h', 1, 60)").fetchone()
+        assert executor is not None
+        row = conn.execute(
+            "SELECT id FROM fifoq.enqueue('up.left', NULL, NULL, %s)", executor
+        ).fetchone()
+        assert row is not None
+        # What a held queue left behind an hour ago (the sweep's window long past).
+        conn.execute(
+            "UPDATE fifoq.executors SET ended_at = now() - interval '1 hour' WHERE id = %s",
+            executor,
+        )
+        conn.execute("SELECT fifoq.maintain()")
+        status = "SELECT status::text FROM fifoq.executions WHERE id = %s"
+        assert conn.execute(status, row).fetchone() == ("active",)
+    fifoq.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("SELECT fifoq.maintain()")
+        assert conn.execute(status, row).fetchone() == ("abandoned",)
+        marked = conn.execute("SELECT count(*) FROM fifoq.executors WHERE leftovers").fetchone()
+        assert marked == (0,)
+
+
 def test_queues_named_before_0013_still_drain_after_the_upgrade(empty_dsn: str) -> None:
     """Names accepted before 0013 and refused since do not jam their queues or maintain().
 
