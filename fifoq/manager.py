@@ -80,6 +80,10 @@ _EARLY_LIMIT = 4096  # notifications kept for executions not watched yet
 # silent server costs a closing executor this long, not this long per step.
 _CLOSE_TIMEOUT = 5.0
 _POOL_CLOSE_FLOOR = 0.5
+# How long a waiter whose timeout ran out waits for the statement that times
+# its execution out (normally a millisecond; a queue another transaction
+# holds makes it wait for that transaction).
+_GIVE_UP_WAIT = 1.0
 
 
 class QueueManager:
@@ -956,8 +960,19 @@ class QueueManager:
                     new_status, at = await future
             except TimeoutError:
                 # Give up in the database too, unless it started meanwhile.
-                row = await self._db.change_one(query("time_out"), {"id": execution.id})
-                latest = Execution.from_row(row)
+                # Another transaction may hold the queue (a client's open
+                # enqueue(conn=...)), and the timeout must still bound this
+                # call: past _GIVE_UP_WAIT the statement finishes in the
+                # background, and cancels the execution if it had started.
+                giving_up = asyncio.ensure_future(self.time_out(execution.id))
+                try:
+                    latest = await asyncio.wait_for(asyncio.shield(giving_up), _GIVE_UP_WAIT)
+                except TimeoutError:
+                    self._clean_up(self._cancel_when_done(giving_up))
+                    raise QueueTimeout(
+                        f"execution {execution.id} of action {execution.action!r} did not start "
+                        f"within {timeout} s (its queue is held: it is withdrawn once free)"
+                    ) from None
                 if latest.status is Status.ACTIVE:
                     return dataclasses.replace(latest, payload=execution.payload)
                 if latest.status is Status.TIMED_OUT:

@@ -15,6 +15,7 @@ import typer
 from ..errors import (
     ExecutionAbandoned,
     ExecutionCancelled,
+    FifoqError,
     InvalidInput,
     PolicyRejected,
     QueueFull,
@@ -47,6 +48,12 @@ from ._common import (
 
 IdArgument = Annotated[int, typer.Argument(metavar="ID", help="Execution id.", min=1)]
 
+# How long `enqueue --wait` waits for the statement that withdraws its
+# execution when it gives up (--timeout, Ctrl-C). Normally a millisecond; but
+# another transaction may hold the queue (a client's open enqueue(conn=...)),
+# and the command must still end: it then says the execution may still wait.
+_WITHDRAW_WAIT = 2.0
+
 
 def _show(execution: Execution, as_json: bool) -> None:
     if as_json:
@@ -68,11 +75,20 @@ async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | 
     delay = 0.02
     while execution.status is Status.QUEUED:
         if deadline is not None and time.monotonic() >= deadline:
-            execution = await qm.time_out(execution.id)
+            where = f"execution {execution.id} of action {execution.action!r}"
+            withdrawing = asyncio.ensure_future(qm.time_out(execution.id))
+            try:
+                execution = await asyncio.wait_for(asyncio.shield(withdrawing), _WITHDRAW_WAIT)
+            except TimeoutError:
+                withdrawing.cancel()
+                raise QueueTimeout(
+                    f"{where} did not start within {timeout:g} s, and another transaction holds "
+                    f"its queue: it may still be queued (`fifoq cancel {execution.id}` "
+                    "withdraws it)"
+                ) from None
             if execution.status is Status.TIMED_OUT:
                 raise QueueTimeout(
-                    f"execution {execution.id} of action {execution.action!r} did not start "
-                    f"within {timeout:g} s; it was withdrawn (timed_out)"
+                    f"{where} did not start within {timeout:g} s; it was withdrawn (timed_out)"
                 )
             break  # it started, or ended, meanwhile: say which below
         await asyncio.sleep(delay)
@@ -161,6 +177,10 @@ def enqueue(
         _enqueue_lines(action, _read_lines(payloads), group, conninfo, quiet, as_json, debug)
         return
 
+    # Set while a Ctrl-C'd execution is being withdrawn: if that does not
+    # finish (a held queue, a second Ctrl-C), the user is told at exit.
+    unsettled: list[int] = []
+
     async def go() -> Execution:
         async with connect(conninfo, "enqueue", executor=wait) as qm:
             execution = await qm.enqueue(action, value, group=group)
@@ -176,7 +196,16 @@ def enqueue(
                     # Ctrl-C: the caller gave up waiting, and its execution
                     # goes with it, as when enqueue_and_wait is cancelled;
                     # left queued, it would later take a slot nobody uses.
-                    withdrawn = await qm.cancel(execution.id)
+                    unsettled.append(execution.id)
+                    withdrawing = asyncio.ensure_future(qm.cancel(execution.id))
+                    try:
+                        withdrawn = await asyncio.wait_for(
+                            asyncio.shield(withdrawing), _WITHDRAW_WAIT
+                        )
+                    except (TimeoutError, FifoqError, psycopg.Error):
+                        withdrawing.cancel()
+                        raise asyncio.CancelledError from None  # told at exit
+                    unsettled.clear()
                     typer.echo(
                         f"interrupted: execution {execution.id} "
                         + ("cancelled" if withdrawn else "had already ended"),
@@ -185,7 +214,15 @@ def enqueue(
                     raise
             return execution
 
-    execution = run(go(), debug=debug, dsn=conninfo)
+    try:
+        execution = run(go(), debug=debug, dsn=conninfo)
+    finally:
+        for execution_id in unsettled:
+            typer.echo(
+                f"interrupted: execution {execution_id} may still be queued; "
+                f"`fifoq cancel {execution_id}` withdraws it",
+                err=True,
+            )
     if quiet:
         typer.echo(str(execution.id))
     else:

@@ -553,6 +553,48 @@ async def test_enqueue_wait_timeout_times_the_execution_out(dsn: str) -> None:
         assert (await qm.stats("cli.gave_up")).active_count == 0
 
 
+@pytest.mark.parametrize("give_up", ["timeout", "ctrl-c"])
+async def test_enqueue_wait_gives_up_in_bounded_time_while_its_queue_is_held(
+    dsn: str, give_up: str
+) -> None:
+    # Withdrawing the execution needs the queue's lock, which a client's
+    # open enqueue(conn=...) holds until its transaction ends: the command
+    # waits at most 2 s for it, then ends saying the execution may still wait.
+    async with QueueManager.connect(dsn) as qm:
+        await qm.set_policy("cli.held", max_concurrent=1)
+        await qm.enqueue("cli.held")
+        timeout = ["--timeout", "2"] if give_up == "timeout" else []
+        with subprocess.Popen(
+            [fifoq_bin(), "enqueue", "cli.held", "--wait", *timeout, "--dsn", dsn],
+            cwd=HERE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        ) as proc:
+            try:
+                errors = _reader(proc.stderr)
+                waiting_line = errors.get(timeout=30)
+                assert "waiting..." in waiting_line
+                waiting_id = int(waiting_line.split()[1])
+                async with await psycopg.AsyncConnection.connect(dsn) as holder:
+                    await qm.enqueue("cli.held", conn=holder)  # holds cli.held from here
+                    if give_up == "ctrl-c":
+                        proc.send_signal(signal.SIGINT)
+                    # It used to wait for the holder: for good, here.
+                    code = await asyncio.to_thread(proc.wait, 20)
+                    await holder.rollback()
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+        last = errors.get(timeout=5).strip()
+        assert code == (1 if give_up == "timeout" else 130), last
+        assert last.endswith(
+            f"may still be queued (`fifoq cancel {waiting_id}` withdraws it)"
+            if give_up == "timeout"
+            else f"may still be queued; `fifoq cancel {waiting_id}` withdraws it"
+        ), last
+
+
 async def _wait_for_admission(
     qm: QueueManager, proc: subprocess.Popen[str], blocker_id: int
 ) -> tuple[str, str]:

@@ -7,9 +7,9 @@ import contextlib
 
 import psycopg
 import pytest
-from helpers import counts
+from helpers import counts, wait_until
 
-from fifoq import QueueFull, QueueManager, Status, UnknownExecution
+from fifoq import QueueFull, QueueManager, QueueTimeout, Status, UnknownExecution
 
 
 class Boom(Exception):
@@ -109,3 +109,33 @@ async def test_a_callers_own_missing_table_is_not_taken_for_a_missing_schema(
             async with conn.pipeline(), conn.transaction():
                 await conn.execute("INSERT INTO no_such_orders (fifoq_execution_id) VALUES (1)")
                 await qm.enqueue("tx.mine", conn=conn)
+
+
+async def test_a_waiters_timeout_still_bounds_the_call_while_a_transaction_holds_its_queue(
+    qm: QueueManager, dsn: str
+) -> None:
+    # Timing the execution out needs the queue's lock, which an open
+    # enqueue(conn=...) made while the waiter waits holds until its
+    # transaction ends. The waiter raises QueueTimeout all the same, about a
+    # second after its timeout; the execution is timed out once the queue is
+    # free.
+    await qm.set_policy("tx.held", max_concurrent=1)
+    await qm.enqueue("tx.held")
+    waiter = asyncio.create_task(qm.enqueue_and_wait("tx.held", timeout=1.0))
+
+    async def waiting() -> bool:
+        return (await qm.stats("tx.held")).queue_length == 1
+
+    await wait_until(waiting, 10, message="the waiter's execution is queued")
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await qm.enqueue("tx.held", conn=holder)  # holds tx.held from here
+        async with asyncio.timeout(10):  # it used to wait for the holder
+            with pytest.raises(QueueTimeout, match=r"did not start within 1\.0 s"):
+                await waiter
+        (left,) = [e for e in await qm.list_executions("tx.held") if e.status is Status.QUEUED]
+        await holder.rollback()
+
+    async def timed_out() -> bool:
+        return (await qm.get(left.id)).status is Status.TIMED_OUT
+
+    await wait_until(timed_out, 10, message="timed out once the queue was free")
