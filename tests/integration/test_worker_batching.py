@@ -297,7 +297,7 @@ async def test_work_a_completion_brings_after_stop_is_listed_as_handed_back(
 
         def stopping_moved_on() -> bool:  # past the grace period, or waiting for the statement
             return any(
-                "waiting up to" in r.message or "completion statement in flight" in r.message
+                "waiting up to" in r.message or "completion statements in flight" in r.message
                 for r in caplog.records
             )
 
