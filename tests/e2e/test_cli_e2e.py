@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import pty
@@ -508,6 +509,28 @@ async def test_enqueue_wait_returns_once_admitted_without_owning_it(dsn: str) ->
         assert (await qm.get(execution["id"])).status is Status.ACTIVE
 
 
+@contextlib.contextmanager
+def _waiting_enqueue(
+    dsn: str, action: str, *options: str
+) -> Iterator[tuple[subprocess.Popen[str], queue.Queue[str], int]]:
+    """``fifoq enqueue ACTION --wait`` once it waits: the process, its stderr lines, the id."""
+    with subprocess.Popen(
+        [fifoq_bin(), "enqueue", action, "--wait", *options, "--dsn", dsn],
+        cwd=HERE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    ) as proc:
+        try:
+            errors = _reader(proc.stderr)
+            waiting_line = errors.get(timeout=30)
+            assert "waiting..." in waiting_line
+            yield proc, errors, int(waiting_line.split()[1])
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+
+
 async def test_enqueue_wait_interrupted_cancels_the_execution(dsn: str) -> None:
     # The CLI never owns what it enqueues, so nothing would end it: left
     # queued, it would later take a slot nobody uses. Ctrl-C cancels it, as
@@ -515,23 +538,9 @@ async def test_enqueue_wait_interrupted_cancels_the_execution(dsn: str) -> None:
     async with QueueManager.connect(dsn) as qm:
         await qm.set_policy("cli.interrupted", max_concurrent=1)
         await qm.enqueue("cli.interrupted")
-        with subprocess.Popen(
-            [fifoq_bin(), "enqueue", "cli.interrupted", "--wait", "--dsn", dsn],
-            cwd=HERE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
-            try:
-                errors = _reader(proc.stderr)
-                waiting_line = errors.get(timeout=30)
-                assert "waiting..." in waiting_line
-                proc.send_signal(signal.SIGINT)
-                assert proc.wait(30) == 130
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
-        waiting_id = int(waiting_line.split()[1])
+        with _waiting_enqueue(dsn, "cli.interrupted") as (proc, errors, waiting_id):
+            proc.send_signal(signal.SIGINT)
+            assert proc.wait(30) == 130
         assert (await qm.get(waiting_id)).status is Status.CANCELLED
         assert errors.get(timeout=5).strip() == f"interrupted: execution {waiting_id} cancelled"
 
@@ -564,28 +573,14 @@ async def test_enqueue_wait_gives_up_in_bounded_time_while_its_queue_is_held(
         await qm.set_policy("cli.held", max_concurrent=1)
         await qm.enqueue("cli.held")
         timeout = ["--timeout", "2"] if give_up == "timeout" else []
-        with subprocess.Popen(
-            [fifoq_bin(), "enqueue", "cli.held", "--wait", *timeout, "--dsn", dsn],
-            cwd=HERE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        ) as proc:
-            try:
-                errors = _reader(proc.stderr)
-                waiting_line = errors.get(timeout=30)
-                assert "waiting..." in waiting_line
-                waiting_id = int(waiting_line.split()[1])
-                async with await psycopg.AsyncConnection.connect(dsn) as holder:
-                    await qm.enqueue("cli.held", conn=holder)  # holds cli.held from here
-                    if give_up == "ctrl-c":
-                        proc.send_signal(signal.SIGINT)
-                    # It used to wait for the holder: for good, here.
-                    code = await asyncio.to_thread(proc.wait, 20)
-                    await holder.rollback()
-            finally:
-                if proc.poll() is None:
-                    proc.kill()
+        with _waiting_enqueue(dsn, "cli.held", *timeout) as (proc, errors, waiting_id):
+            async with await psycopg.AsyncConnection.connect(dsn) as holder:
+                await qm.enqueue("cli.held", conn=holder)  # holds cli.held from here
+                if give_up == "ctrl-c":
+                    proc.send_signal(signal.SIGINT)
+                # It used to wait for the holder: for good, here.
+                code = await asyncio.to_thread(proc.wait, 20)
+                await holder.rollback()
         last = errors.get(timeout=5).strip()
         assert code == (1 if give_up == "timeout" else 130), last
         assert last.endswith(
