@@ -387,14 +387,17 @@ class QueueManager:
         """Enqueue an execution owned by this executor and wait until it is active."""
         self._check_executor()
         timeout = check_timeout(timeout)
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         execution = await self._owned(
             self._as_executor(
                 lambda executor_id: self._enqueue(action, payload, group=group, owner=executor_id)
-            )
+            ),
+            deadline,
+            f"an execution of action {action!r} did not start within {timeout} s",
         )
         if execution.status is Status.ACTIVE:
             return execution
-        return await self._wait(execution, timeout)
+        return await self._wait(execution, timeout, deadline)
 
     async def wait_started(self, execution_id: int, *, timeout: float | None = None) -> Execution:
         """Wait until the execution is active; this executor becomes its owner.
@@ -408,10 +411,13 @@ class QueueManager:
         timeout = check_timeout(timeout)
         # A notification that arrives between this call and the subscription
         # in _wait is kept in self._early, so it cannot be missed.
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         execution = await self._owned(
-            self._as_executor(lambda executor_id: self._watch(execution_id, executor_id))
+            self._as_executor(lambda executor_id: self._watch(execution_id, executor_id)),
+            deadline,
+            f"execution {execution_id} did not start within {timeout} s",
         )
-        return await self._wait(execution, timeout)
+        return await self._wait(execution, timeout, deadline)
 
     async def complete(
         self, execution_id: int, *, result: Any = None, error: str | None = None
@@ -940,7 +946,9 @@ class QueueManager:
             row = rows[0]
         return dataclasses.replace(Execution.from_row(row), payload=_stored(payload_json))
 
-    async def _wait(self, execution: Execution, timeout: float | None) -> Execution:
+    async def _wait(
+        self, execution: Execution, timeout: float | None, deadline: float | None
+    ) -> Execution:
         status = execution.status
         if status is Status.ACTIVE:
             return execution
@@ -956,7 +964,7 @@ class QueueManager:
         unsubscribe = self.watch_status(execution.id, on_change)
         try:
             try:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout_at(deadline):  # the caller's, from its start
                     new_status, at = await future
             except TimeoutError:
                 # Give up in the database too, unless it started meanwhile.
@@ -1029,18 +1037,39 @@ class QueueManager:
             await self._rejoin(executor_id)
             return await statement(self.executor_id)
 
-    async def _owned(self, statement: Coroutine[Any, Any, Execution]) -> Execution:
+    async def _owned(
+        self,
+        statement: Coroutine[Any, Any, Execution],
+        deadline: float | None = None,
+        timed_out: str = "",
+    ) -> Execution:
         """Await a statement that makes this executor an execution's owner.
 
         If the caller is cancelled meanwhile, it leaves at once; the statement
         still runs to its end (it may have committed already), and the
         execution it returns is then cancelled, in the background: otherwise
         it would hold, or later take, a slot for a waiter that has gone, until
-        this executor closes.
+        this executor closes. Likewise at the caller's ``deadline`` (loop
+        time; at least _GIVE_UP_WAIT from now), which the statement passes
+        only when another transaction holds the queue (a client's open
+        enqueue(conn=...)): ``QueueTimeout`` with
+        the message ``timed_out``, and the execution is timed out once the
+        statement ends (cancelled if it started meanwhile).
         """
         task = asyncio.ensure_future(statement)
+        if deadline is not None:
+            # The statement itself always gets _GIVE_UP_WAIT: a short (or
+            # zero) timeout bounds the wait for a slot, not the enqueue or
+            # watch that may find one at once.
+            deadline = max(deadline, asyncio.get_running_loop().time() + _GIVE_UP_WAIT)
         try:
-            return await asyncio.shield(task)
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            self._clean_up(self._give_up_when_done(task))
+            raise QueueTimeout(
+                f"{timed_out} (another transaction holds its queue: it is withdrawn once free)"
+            ) from None
         except asyncio.CancelledError:
             self._clean_up(self._cancel_when_done(task))
             raise
@@ -1062,6 +1091,23 @@ class QueueManager:
         except Exception:  # it failed, so it owns nothing; the caller has gone
             return
         if not execution.status.terminal:
+            await self._cancel_quietly(execution.id)
+
+    async def _give_up_when_done(self, statement: asyncio.Future[Execution]) -> None:
+        """Time out what ``statement`` made this executor wait for, its waiter having left."""
+        try:
+            execution = await statement
+        except Exception:  # it failed, so it owns nothing; the caller has gone
+            return
+        if execution.status is Status.QUEUED:
+            try:
+                execution = await self.time_out(execution.id)
+            except (psycopg.Error, FifoqError) as exc:
+                logger.warning(
+                    "could not time out execution %s after its waiter left: %s", execution.id, exc
+                )
+                return
+        if not execution.status.terminal:  # it started meanwhile, for nobody
             await self._cancel_quietly(execution.id)
 
     async def _cancel_quietly(self, execution_id: int) -> None:

@@ -139,3 +139,36 @@ async def test_a_waiters_timeout_still_bounds_the_call_while_a_transaction_holds
         return (await qm.get(left.id)).status is Status.TIMED_OUT
 
     await wait_until(timed_out, 10, message="timed out once the queue was free")
+
+
+@pytest.mark.parametrize("call", ["wait_started", "enqueue_and_wait"])
+async def test_a_waiters_timeout_bounds_the_call_when_its_queue_is_held_from_the_start(
+    qm: QueueManager, dsn: str, call: str
+) -> None:
+    # Taking the execution (wait_started's watch, enqueue_and_wait's
+    # enqueue) needs the queue's lock too: the timeout bounds that wait as
+    # well, and the execution is timed out once the queue is free.
+    await qm.set_policy("tx.held_first", max_concurrent=1)
+    await qm.enqueue("tx.held_first")
+    waiting = await qm.enqueue("tx.held_first")
+    async with await psycopg.AsyncConnection.connect(dsn) as holder:
+        await qm.enqueue("tx.held_first", conn=holder)  # holds tx.held_first from here
+        async with asyncio.timeout(10):  # it used to wait for the holder
+            with pytest.raises(QueueTimeout, match="another transaction holds its queue"):
+                if call == "wait_started":
+                    await qm.wait_started(waiting.id, timeout=0.5)
+                else:
+                    await qm.enqueue_and_wait("tx.held_first", timeout=0.5)
+        await holder.rollback()
+
+    async def none_left_waiting() -> bool:
+        live = await qm.list_executions("tx.held_first")
+        return [e.status for e in live] == [Status.ACTIVE] + [Status.QUEUED] * (
+            call == "enqueue_and_wait"
+        )
+
+    # The given-up execution is timed out; with enqueue_and_wait, the one
+    # the client enqueued (before the holder's) waits on.
+    await wait_until(none_left_waiting, 10, message="the given-up execution timed out")
+    stats = await qm.stats("tx.held_first")
+    assert stats.total_timed_out == 1
