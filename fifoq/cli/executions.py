@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -138,7 +139,7 @@ def enqueue(
         bool,
         typer.Option(
             "--wait",
-            help="Wait until the execution is active (holds a slot); Ctrl-C cancels it.",
+            help="Wait until the execution is active (holds a slot); Ctrl-C or SIGTERM cancels it.",
         ),
     ] = False,
     timeout: Annotated[
@@ -182,6 +183,13 @@ def enqueue(
     unsettled: list[int] = []
 
     async def go() -> Execution:
+        if wait:
+            # SIGTERM (timeout(1), systemd, a CI runner) gives up as Ctrl-C
+            # does, through the task's cancellation: the default action
+            # would end the process and leave the execution queued.
+            task = asyncio.current_task()
+            assert task is not None
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
         async with connect(conninfo, "enqueue", executor=wait) as qm:
             execution = await qm.enqueue(action, value, group=group)
             if wait:
@@ -193,7 +201,7 @@ def enqueue(
                 try:
                     execution = await _wait_active(qm, execution, wait_timeout)
                 except asyncio.CancelledError:
-                    # Ctrl-C: the caller gave up waiting, and its execution
+                    # Ctrl-C or SIGTERM: the caller gave up waiting, and its execution
                     # goes with it, as when enqueue_and_wait is cancelled;
                     # left queued, it would later take a slot nobody uses.
                     unsettled.append(execution.id)
@@ -216,6 +224,8 @@ def enqueue(
 
     try:
         execution = run(go(), debug=debug, dsn=conninfo)
+    except asyncio.CancelledError:  # SIGTERM (Ctrl-C comes out as KeyboardInterrupt)
+        raise typer.Exit(128 + signal.SIGTERM) from None
     finally:
         for execution_id in unsettled:
             typer.echo(

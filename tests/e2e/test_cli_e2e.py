@@ -531,16 +531,22 @@ def _waiting_enqueue(
                 proc.kill()
 
 
-async def test_enqueue_wait_interrupted_cancels_the_execution(dsn: str) -> None:
+@pytest.mark.parametrize(
+    ("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"]
+)
+async def test_enqueue_wait_interrupted_cancels_the_execution(
+    dsn: str, signum: int, code: int
+) -> None:
     # The CLI never owns what it enqueues, so nothing would end it: left
-    # queued, it would later take a slot nobody uses. Ctrl-C cancels it, as
-    # cancelling enqueue_and_wait does, and says so.
+    # queued, it would later take a slot nobody uses. Ctrl-C, or SIGTERM
+    # (timeout(1), systemd), cancels it, as cancelling enqueue_and_wait
+    # does, and says so.
     async with QueueManager.connect(dsn) as qm:
         await qm.set_policy("cli.interrupted", max_concurrent=1)
         await qm.enqueue("cli.interrupted")
         with _waiting_enqueue(dsn, "cli.interrupted") as (proc, errors, waiting_id):
-            proc.send_signal(signal.SIGINT)
-            assert proc.wait(30) == 130
+            proc.send_signal(signum)
+            assert proc.wait(30) == code
         assert (await qm.get(waiting_id)).status is Status.CANCELLED
         assert errors.get(timeout=5).strip() == f"interrupted: execution {waiting_id} cancelled"
 
