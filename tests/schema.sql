@@ -394,14 +394,14 @@ CREATE FUNCTION fifoq.check_names() RETURNS trigger
     AS $$
 BEGIN
     IF NOT coalesce(fifoq.valid_name(NEW.action), false) THEN
-        RAISE EXCEPTION 'invalid action name %: %', quote_literal(NEW.action), fifoq.name_problem(NEW.action)
+        RAISE EXCEPTION 'invalid action name %: %', fifoq.name_literal(NEW.action), fifoq.name_problem(NEW.action)
             USING ERRCODE = 'check_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
     END IF;
     -- Only queues have a group ('' is the action's one default group). Two
     -- IFs: plpgsql would resolve NEW.group_key on a policy row in one.
     IF TG_TABLE_NAME = 'queues' THEN
         IF NEW.group_key <> '' AND NOT fifoq.valid_name(NEW.group_key) THEN
-            RAISE EXCEPTION 'invalid group name %: %', quote_literal(NEW.group_key), fifoq.name_problem(NEW.group_key)
+            RAISE EXCEPTION 'invalid group name %: %', fifoq.name_literal(NEW.group_key), fifoq.name_problem(NEW.group_key)
                 USING ERRCODE = 'check_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
         END IF;
     END IF;
@@ -1290,7 +1290,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
-            MESSAGE = format('invalid policy: action name %L %s', p_action, fifoq.name_problem(p_action));
+            MESSAGE = format('invalid policy: action name %s %s', fifoq.name_literal(p_action), fifoq.name_problem(p_action));
     END IF;
 
     -- The primary key finds the row; its row lock makes a concurrent
@@ -1372,7 +1372,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid action name %L: %s', p_action, fifoq.name_problem(p_action));
+            MESSAGE = format('invalid action name %s: %s', fifoq.name_literal(p_action), fifoq.name_problem(p_action));
     END IF;
     -- This read only finds the queue (group_by); the checks use the one
     -- taken under the lock below.
@@ -1383,8 +1383,8 @@ BEGIN
     END IF;
     IF v_group <> '' AND NOT fifoq.valid_name(v_group) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid group name %L for action %L: %s',
-                             v_group, p_action, fifoq.name_problem(v_group));
+            MESSAGE = format('invalid group name %s for action %L: %s',
+                             fifoq.name_literal(v_group), p_action, fifoq.name_problem(v_group));
     END IF;
 
     -- The queue lock, held to commit: it orders seq with commit order (see
@@ -1511,7 +1511,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid action name %L: %s', p_action, fifoq.name_problem(p_action));
+            MESSAGE = format('invalid action name %s: %s', fifoq.name_literal(p_action), fifoq.name_problem(p_action));
     END IF;
     IF coalesce(cardinality(p_payloads), 0) = 0 THEN
         RETURN;
@@ -1530,8 +1530,8 @@ BEGIN
     SELECT g INTO v_bad FROM unnest(v_groups) AS g WHERE g <> '' AND NOT fifoq.valid_name(g) LIMIT 1;
     IF FOUND THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ422',
-            MESSAGE = format('invalid group name %L for action %L: %s',
-                             v_bad, p_action, fifoq.name_problem(v_bad));
+            MESSAGE = format('invalid group name %s for action %L: %s',
+                             fifoq.name_literal(v_bad), p_action, fifoq.name_problem(v_bad));
     END IF;
 
     -- Missing queues are created first, in group name order: a new queue's
@@ -2051,6 +2051,51 @@ COMMENT ON FUNCTION fifoq.maintain() IS 'Periodic pass run by connected executor
 
 
 --
+-- Name: name_literal(text); Type: FUNCTION; Schema: fifoq; Owner: -
+--
+
+CREATE FUNCTION fifoq.name_literal(p_text text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE
+    AS $$
+DECLARE
+    v_out  text := '';
+    v_char text;
+    v_code integer;
+BEGIN
+    IF p_text IS NULL THEN
+        RETURN 'NULL';
+    END IF;
+    FOR i IN 1 .. char_length(p_text) LOOP
+        v_char := substr(p_text, i, 1);
+        v_code := ascii(v_char);
+        IF v_char = '''' THEN
+            v_out := v_out || '''''';
+        ELSIF v_char = ' ' OR fifoq.valid_name(v_char) THEN
+            v_out := v_out || v_char;
+        ELSE
+            v_out := v_out || CASE
+                WHEN v_char = E'\n' THEN '\n'
+                WHEN v_char = E'\r' THEN '\r'
+                WHEN v_char = E'\t' THEN '\t'
+                WHEN v_code < 256 THEN '\x' || lpad(to_hex(v_code), 2, '0')
+                WHEN v_code < 65536 THEN '\u' || lpad(to_hex(v_code), 4, '0')
+                ELSE '\U' || lpad(to_hex(v_code), 8, '0')
+            END;
+        END IF;
+    END LOOP;
+    RETURN '''' || v_out || '''';
+END
+$$;
+
+
+--
+-- Name: FUNCTION name_literal(p_text text); Type: COMMENT; Schema: fifoq; Owner: -
+--
+
+COMMENT ON FUNCTION fifoq.name_literal(p_text text) IS 'A refused name (or other value) quoted for an error message: each character fifoq.valid_name refuses written as Python writes it (\n, \x1b, \u200b), so the message stays one line.';
+
+
+--
 -- Name: name_problem(text); Type: FUNCTION; Schema: fifoq; Owner: -
 --
 
@@ -2319,7 +2364,7 @@ DECLARE
 BEGIN
     IF NOT coalesce(fifoq.valid_name(p_action), false) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
-            MESSAGE = format('invalid policy: action name %L %s', p_action, fifoq.name_problem(p_action));
+            MESSAGE = format('invalid policy: action name %s %s', fifoq.name_literal(p_action), fifoq.name_problem(p_action));
     ELSIF p_max_concurrent IS NULL OR p_max_concurrent < 1 THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
             MESSAGE = format('invalid policy for action %L: max_concurrent must be at least 1, got %s', p_action, coalesce(p_max_concurrent::text, 'NULL'));
@@ -2336,10 +2381,10 @@ BEGIN
             MESSAGE = format('invalid policy for action %L: queue_timeout must be at most 1000000000 seconds (NULL waits forever), got %s', p_action, p_queue_timeout);
     ELSIF p_on_limit IS NULL OR p_on_limit NOT IN ('enqueue', 'reject') THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
-            MESSAGE = format('invalid policy for action %L: on_limit must be ''enqueue'' or ''reject'', got %L', p_action, p_on_limit);
+            MESSAGE = format('invalid policy for action %L: on_limit must be ''enqueue'' or ''reject'', got %s', p_action, fifoq.name_literal(p_on_limit));
     ELSIF EXISTS (SELECT 1 FROM unnest(coalesce(p_group_by, '{}')) k WHERE NOT coalesce(fifoq.valid_name(k), false)) THEN
         RAISE EXCEPTION USING ERRCODE = 'FQ400',
-            MESSAGE = (SELECT format('invalid policy for action %L: group_by key %L %s', p_action, k, fifoq.name_problem(k))
+            MESSAGE = (SELECT format('invalid policy for action %L: group_by key %s %s', p_action, fifoq.name_literal(k), fifoq.name_problem(k))
                        FROM unnest(p_group_by) k WHERE NOT coalesce(fifoq.valid_name(k), false) LIMIT 1);
     ELSIF cardinality(p_group_by) > (SELECT count(DISTINCT k) FROM unnest(p_group_by) k) THEN
         -- A key named twice adds its value to the group twice: no new

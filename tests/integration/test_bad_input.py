@@ -247,6 +247,35 @@ async def test_the_database_refuses_invalid_policies_from_sql_callers(
     assert await counts(dsn) == before
 
 
+@pytest.mark.parametrize(
+    ("statement", "shown"),
+    [
+        ("SELECT fifoq.enqueue(E'sq.bad\\n')", "'sq.bad\\n'"),
+        ("SELECT fifoq.enqueue(E'sq.bad\\x1b[31mred')", "'sq.bad\\x1b[31mred'"),
+        ("SELECT fifoq.enqueue('sq.ok', NULL, E'g\\ty')", "'g\\ty'"),
+        ("SELECT fifoq.enqueue_many('sq.ok', '{1}', E'g\\u200by')", "'g\\u200by'"),
+        ("SELECT fifoq.set_policy(E'sq.bad\\r', 1)", "'sq.bad\\r'"),
+        ("SELECT fifoq.set_policy('sq.ok', 1, 10, 5, E'x\\ny')", "'x\\ny'"),
+        ("SELECT fifoq.set_policy('sq.ok', 1, 10, 5, 'enqueue', ARRAY[E'k\\n'])", "'k\\n'"),
+        ("SELECT fifoq.delete_policy(E'a\\tb')", "'a\\tb'"),
+        ("INSERT INTO fifoq.queues (action) VALUES (E'sq.bad\\n')", "'sq.bad\\n'"),
+    ],
+)
+async def test_sql_errors_show_refused_characters_escaped_on_one_line(
+    dsn: str, statement: str, shown: str
+) -> None:
+    # They were quoted as they are (%L): a newline split the message, an
+    # escape sequence reached the terminal (sql/0029). Now as Python shows them.
+    before = await counts(dsn)
+    async with await psycopg.AsyncConnection.connect(dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.Error) as info:
+            await conn.execute(statement)  # type: ignore[arg-type]
+    message = info.value.diag.message_primary or ""
+    assert shown in message, message
+    assert message.isprintable(), repr(message)
+    assert await counts(dsn) == before
+
+
 # -- payloads, results and names ------------------------------------------------
 
 
@@ -392,10 +421,11 @@ async def test_the_database_refuses_bad_names_from_sql_callers(dsn: str) -> None
             with pytest.raises(psycopg.Error) as info:
                 await conn.execute("SELECT fifoq.enqueue(%s)", (action,))
             assert info.value.sqlstate == "FQ422"
-            # In the words Python uses: the length, or the character and where.
+            # In the words Python uses: the length, or the character and where;
+            # the name as Python writes it (sql/0029).
             problem = validation._name_problem(action)
             assert problem is not None
-            assert info.value.diag.message_primary == f"invalid action name '{action}': {problem}"
+            assert info.value.diag.message_primary == f"invalid action name {action!r}: {problem}"
         with pytest.raises(psycopg.Error) as info:
             await conn.execute("SELECT fifoq.complete(%s)", (UNKNOWN_ID,))
         assert info.value.sqlstate == "FQ404"
