@@ -161,14 +161,13 @@ async def test_a_waiters_timeout_bounds_the_call_when_its_queue_is_held_from_the
                     await qm.enqueue_and_wait("tx.held_first", timeout=0.5)
         await holder.rollback()
 
-    async def none_left_waiting() -> bool:
-        live = await qm.list_executions("tx.held_first")
-        return [e.status for e in live] == [Status.ACTIVE] + [Status.QUEUED] * (
-            call == "enqueue_and_wait"
-        )
+    async def given_up_timed_out() -> bool:
+        return (await qm.stats("tx.held_first")).total_timed_out == 1
 
-    # The given-up execution is timed out; with enqueue_and_wait, the one
-    # the client enqueued (before the holder's) waits on.
-    await wait_until(none_left_waiting, 10, message="the given-up execution timed out")
-    stats = await qm.stats("tx.held_first")
-    assert stats.total_timed_out == 1
+    # Once the queue is free the given-up execution is timed out (with
+    # enqueue_and_wait, once its enqueue has gone in); the one the client
+    # enqueued before the holder's waits on.
+    await wait_until(given_up_timed_out, 10, message="the given-up execution timed out")
+    live = await qm.list_executions("tx.held_first")
+    waiting_on = [Status.QUEUED] if call == "enqueue_and_wait" else []
+    assert [e.status for e in live] == [Status.ACTIVE, *waiting_on]
