@@ -387,7 +387,7 @@ class QueueManager:
         """Enqueue an execution owned by this executor and wait until it is active."""
         self._check_executor()
         timeout = check_timeout(timeout)
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        deadline = _deadline(timeout)
         execution = await self._owned(
             self._as_executor(
                 lambda executor_id: self._enqueue(action, payload, group=group, owner=executor_id)
@@ -411,7 +411,7 @@ class QueueManager:
         timeout = check_timeout(timeout)
         # A notification that arrives between this call and the subscription
         # in _wait is kept in self._early, so it cannot be missed.
-        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        deadline = _deadline(timeout)
         execution = await self._owned(
             self._as_executor(lambda executor_id: self._watch(execution_id, executor_id)),
             deadline,
@@ -967,20 +967,14 @@ class QueueManager:
                 async with asyncio.timeout_at(deadline):  # the caller's, from its start
                     new_status, at = await future
             except TimeoutError:
-                # Give up in the database too, unless it started meanwhile.
-                # Another transaction may hold the queue (a client's open
-                # enqueue(conn=...)), and the timeout must still bound this
-                # call: past _GIVE_UP_WAIT the statement finishes in the
-                # background, and cancels the execution if it had started.
-                giving_up = asyncio.ensure_future(self.time_out(execution.id))
-                try:
-                    latest = await asyncio.wait_for(asyncio.shield(giving_up), _GIVE_UP_WAIT)
-                except TimeoutError:
-                    self._clean_up(self._cancel_when_done(giving_up))
-                    raise QueueTimeout(
-                        f"execution {execution.id} of action {execution.action!r} did not start "
-                        f"within {timeout} s (its queue is held: it is withdrawn once free)"
-                    ) from None
+                # Give up in the database too, unless it started meanwhile;
+                # bounded like the statement that began the wait (_owned).
+                latest = await self._owned(
+                    self.time_out(execution.id),
+                    asyncio.get_running_loop().time(),
+                    f"execution {execution.id} of action {execution.action!r} did not start "
+                    f"within {timeout} s",
+                )
                 if latest.status is Status.ACTIVE:
                     return dataclasses.replace(latest, payload=execution.payload)
                 if latest.status is Status.TIMED_OUT:
@@ -1052,9 +1046,9 @@ class QueueManager:
         this executor closes. Likewise at the caller's ``deadline`` (loop
         time; at least _GIVE_UP_WAIT from now), which the statement passes
         only when another transaction holds the queue (a client's open
-        enqueue(conn=...)): ``QueueTimeout`` with
-        the message ``timed_out``, and the execution is timed out once the
-        statement ends (cancelled if it started meanwhile).
+        enqueue(conn=...)): ``QueueTimeout`` with the message ``timed_out``,
+        and the execution is timed out once the statement ends (cancelled
+        if it started meanwhile).
         """
         task = asyncio.ensure_future(statement)
         if deadline is not None:
@@ -1206,6 +1200,11 @@ class QueueManager:
                 if being_cancelled():
                     raise asyncio.CancelledError from exc
                 logger.debug("maintenance pass failed: %s", exc)
+
+
+def _deadline(timeout: float | None) -> float | None:
+    """The event loop's time at which ``timeout`` seconds from now run out (None: never)."""
+    return None if timeout is None else asyncio.get_running_loop().time() + timeout
 
 
 def _stored(payload_json: str | None) -> Any:

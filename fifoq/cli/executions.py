@@ -77,11 +77,9 @@ async def _wait_active(qm: QueueManager, execution: Execution, timeout: float | 
     while execution.status is Status.QUEUED:
         if deadline is not None and time.monotonic() >= deadline:
             where = f"execution {execution.id} of action {execution.action!r}"
-            withdrawing = asyncio.ensure_future(qm.time_out(execution.id))
             try:
-                execution = await asyncio.wait_for(asyncio.shield(withdrawing), _WITHDRAW_WAIT)
+                execution = await asyncio.wait_for(qm.time_out(execution.id), _WITHDRAW_WAIT)
             except TimeoutError:
-                withdrawing.cancel()
                 raise QueueTimeout(
                     f"{where} did not start within {timeout:g} s, and another transaction holds "
                     f"its queue: it may still be queued (`fifoq cancel {execution.id}` "
@@ -178,8 +176,8 @@ def enqueue(
         _enqueue_lines(action, _read_lines(payloads), group, conninfo, quiet, as_json, debug)
         return
 
-    # Set while a Ctrl-C'd execution is being withdrawn: if that does not
-    # finish (a held queue, a second Ctrl-C), the user is told at exit.
+    # Set while an interrupted wait's execution is being withdrawn: if that
+    # does not finish (a held queue, a second Ctrl-C), the user is told at exit.
     unsettled: list[int] = []
 
     async def go() -> Execution:
@@ -201,17 +199,14 @@ def enqueue(
                 try:
                     execution = await _wait_active(qm, execution, wait_timeout)
                 except asyncio.CancelledError:
-                    # Ctrl-C or SIGTERM: the caller gave up waiting, and its execution
-                    # goes with it, as when enqueue_and_wait is cancelled;
-                    # left queued, it would later take a slot nobody uses.
+                    # Ctrl-C or SIGTERM: the caller gave up waiting, and its
+                    # execution goes with it, as when enqueue_and_wait is
+                    # cancelled; left queued, it would later take a slot
+                    # nobody uses.
                     unsettled.append(execution.id)
-                    withdrawing = asyncio.ensure_future(qm.cancel(execution.id))
                     try:
-                        withdrawn = await asyncio.wait_for(
-                            asyncio.shield(withdrawing), _WITHDRAW_WAIT
-                        )
+                        withdrawn = await asyncio.wait_for(qm.cancel(execution.id), _WITHDRAW_WAIT)
                     except (TimeoutError, FifoqError, psycopg.Error):
-                        withdrawing.cancel()
                         raise asyncio.CancelledError from None  # told at exit
                     unsettled.clear()
                     typer.echo(
